@@ -1,0 +1,1 @@
+//! sluice: a PostgreSQL connection-limiting proxy.
