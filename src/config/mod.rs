@@ -1,0 +1,169 @@
+//! Configuration: the TOML schema, defaults, validation, and the immutable snapshot the rest of
+//! sluice reads. Loading never half-succeeds: a `Config` either validates whole or not at all.
+//!
+//! Shape: `Config::load(path)` reads the main file and the users file it names, fills in
+//! defaults, validates cross-field rules, and returns a snapshot. Errors name file, key and
+//! reason, e.g. `conf/sluice.toml: pool.size: must be at least 1 (got 0)`.
+
+mod effective;
+mod load;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::auth::Secret;
+
+/// Why a configuration was refused: the file, the dotted key (empty when no single key
+/// applies, e.g. a TOML syntax error, whose reason then starts with the line and column),
+/// and a reason a DBA can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        if self.key.is_empty() {
+            write!(f, "{file}: {}", self.reason)
+        } else {
+            write!(f, "{file}: {}: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How a client's backend is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Bound for the whole client session; reset with DISCARD ALL before reuse.
+    Session,
+    /// Bound from the first message of a transaction until ReadyForQuery 'I'.
+    Transaction,
+}
+
+/// What sluice asks clients for at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    Trust,
+    Md5,
+    ScramSha256,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main config file this snapshot was read from.
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub pool: PoolDefaults,
+    pub databases: BTreeMap<String, Database>,
+    /// From the users file named by `auth.file`.
+    pub users: BTreeMap<String, User>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub kind: AuthType,
+    /// Resolved against the directory of the main config file.
+    pub file: PathBuf,
+    pub admin_users: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_client_connections: usize,
+    pub max_server_connections: usize,
+    /// Largest client message sluice accepts; larger gets FATAL 08P01.
+    pub max_message_size: usize,
+    /// Time a new client has to finish startup and authentication.
+    pub login_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolDefaults {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_size: usize,
+    pub queue_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub server_idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Extra startup parameters (beyond the built-in list) that follow a client to every backend.
+    pub track_extra_params: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub host: String,
+    pub port: u16,
+    /// The real database name on the server.
+    pub dbname: String,
+    pub pool_size: Option<usize>,
+    /// Cap over all users' pools of this database; None = only the global cap applies.
+    pub max_connections: Option<usize>,
+    pub mode: Option<PoolMode>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub password: Secret,
+    pub pool_size: Option<usize>,
+}
+
+impl Config {
+    /// Read the main file and the users file it names (`auth.file`, relative to the main
+    /// file's directory), apply defaults, validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        load::load(path)
+    }
+
+    /// Same as [`Config::load`] from in-memory text: `source` names the main file in errors
+    /// and anchors `auth.file`; `users_text` is the users file's content (None: read the file
+    /// named by `auth.file` from disk).
+    pub fn parse(
+        main_text: &str,
+        source: &Path,
+        users_text: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        load::parse(main_text, source, users_text)
+    }
+
+    /// The effective settings as TOML text: every key with its resolved value, and users with
+    /// their pool_size and the *kind* of password they have, never the password itself.
+    pub fn effective(&self) -> String {
+        effective::render(self)
+    }
+
+    /// Effective pool size for (database, user): user's pool_size, else the database's
+    /// pool_size, else pool.size.
+    pub fn pool_size(&self, database: &str, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .or_else(|| self.databases.get(database).and_then(|d| d.pool_size))
+            .unwrap_or(self.pool.size)
+    }
+
+    /// Pool mode for a database.
+    pub fn pool_mode(&self, database: &str) -> PoolMode {
+        self.databases
+            .get(database)
+            .and_then(|d| d.mode)
+            .unwrap_or(self.pool.mode)
+    }
+}
