@@ -1,1 +1,109 @@
-fn main() {}
+//! The `sluice` command line. Everything it runs lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sluice::{Config, Proxy};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A PostgreSQL connection-limiting proxy")]
+struct Cli {
+    /// Config file to run with.
+    #[arg(long, default_value = "conf/sluice.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file and print the effective settings.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with sluice in front of it.
+    Quickstart {
+        /// Address for sluice to listen on.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Quickstart { listen }) => runtime().block_on(async {
+            match sluice::quickstart::run(&listen).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice quickstart: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        None => run(&cli.config),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            print!("{}", config.effective());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &PathBuf) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime().block_on(async {
+        let proxy = match Proxy::start(config).await {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                eprintln!("sluice: cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_stop_signal().await;
+        tracing::info!("shutting down: no new clients; waiting up to 30s for sessions to end");
+        proxy.shutdown(Duration::from_secs(30)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

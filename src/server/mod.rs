@@ -90,6 +90,8 @@ pub struct ServerConn {
     pub addr: SocketAddr,
     /// What the backend has now: reported by ParameterStatus, or SET by sluice.
     pub params: Params,
+    /// Read buffer for the forward path; kept with the backend so its allocation is reused.
+    pub rbuf: BytesMut,
     pub created: Instant,
     pub last_used: Instant,
     pub(crate) slot: Slot,
@@ -126,6 +128,7 @@ impl ServerConn {
             key,
             addr,
             params,
+            rbuf: BytesMut::new(),
             created: now,
             last_used: now,
             slot,
@@ -156,10 +159,9 @@ impl ServerConn {
             let mut out = BytesMut::with_capacity(sql.len() + 6);
             messages::query(&mut out, sql);
             self.stream.write_all(&out).await?;
-            let mut buf = BytesMut::with_capacity(1024);
             let mut failure = None;
             let status = loop {
-                let frame = wire::read_frame(&mut self.stream, &mut buf).await?;
+                let frame = wire::read_frame(&mut self.stream, &mut self.rbuf).await?;
                 let body = &frame[5..];
                 match frame[0] {
                     tag::READY_FOR_QUERY => break body.first().copied().unwrap_or(b'E'),
@@ -176,6 +178,22 @@ impl ServerConn {
         tokio::time::timeout(limit, work)
             .await
             .map_err(|_| ServerError::Timeout)?
+    }
+
+    /// Read and discard the backend's output up to its next ReadyForQuery; return its status.
+    pub async fn read_until_ready(&mut self) -> Result<u8, ServerError> {
+        loop {
+            let frame = wire::read_frame(&mut self.stream, &mut self.rbuf).await?;
+            match frame[0] {
+                tag::READY_FOR_QUERY => return Ok(frame.get(5).copied().unwrap_or(b'E')),
+                tag::PARAMETER_STATUS => wire::note_parameter(&frame[5..], &mut self.params),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn send_sync(&mut self) -> Result<(), ServerError> {
+        Ok(self.stream.write_all(&[b'S', 0, 0, 0, 4]).await?)
     }
 
     /// Is this backend past its lifetime?

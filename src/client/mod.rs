@@ -1,0 +1,330 @@
+//! The per-client task: the opening (SSL refusal, cancel routing, startup), the door (client
+//! cap), authentication, the choice of pool, and the login reply; then the session proper.
+
+mod login;
+mod pump;
+mod session;
+mod startup;
+mod transaction;
+
+pub use login::ClientSecrets;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::cancel::send_cancel;
+use crate::config::{Config, PoolMode};
+use crate::params::{self, Params};
+use crate::pool::PoolId;
+use crate::protocol::error::{code, PgError};
+use crate::protocol::frame::FrameWalker;
+use crate::protocol::messages;
+use crate::proxy::Shared;
+use crate::server::ServerConn;
+use login::LoginError;
+use session::Session;
+use startup::{Opening, OpeningError};
+
+/// Serve one accepted connection to the end.
+pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let registered = shared.cancels.register();
+    let login_timeout = shared.config.load().limits.login_timeout;
+    let opened = tokio::time::timeout(login_timeout, open(&mut stream, &shared)).await;
+    let (startup, server) = match opened {
+        Ok(Ok(Some(ok))) => ok,
+        Ok(Ok(None)) | Ok(Err(None)) => return,
+        Ok(Err(Some(refusal))) => return refuse(&mut stream, &refusal).await,
+        Err(_) => {
+            let err = PgError::fatal(
+                code::CONNECTION_FAILURE,
+                "login did not complete within limits.login_timeout",
+            );
+            return refuse(&mut stream, &err).await;
+        }
+    };
+    let cancel = registered.slot.clone();
+    let mut reply = BytesMut::new();
+    login_reply(&mut reply, &startup, cancel.pid, cancel.secret);
+    if stream.write_all(&reply).await.is_err() {
+        return;
+    }
+    let session = Session {
+        shared: shared.clone(),
+        client: stream,
+        input: BytesMut::new(),
+        walker: FrameWalker::new(shared.config.load().limits.max_message_size),
+        pool: startup.pool,
+        database: startup.database,
+        user: startup.user,
+        mode: startup.mode,
+        params: startup.params,
+        extra_params: startup.extra_params,
+        cancel,
+    };
+    match server {
+        Some(server) => session.run_session_mode(server).await,
+        None => session.run_transaction_mode().await,
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, err: &PgError) {
+    let mut out = BytesMut::new();
+    err.encode(&mut out);
+    let _ = stream.write_all(&out).await;
+}
+
+/// What a successful login settled.
+struct Startup {
+    pool: PoolId,
+    database: String,
+    user: String,
+    mode: PoolMode,
+    params: Params,
+    extra_params: Vec<String>,
+    /// What the pool's backends report at login.
+    reported: Arc<Params>,
+}
+
+/// Ok(None): nothing more to do (a cancel request). Err(None): the client left.
+async fn open(
+    stream: &mut TcpStream,
+    shared: &Shared,
+) -> Result<Option<(Startup, Option<ServerConn>)>, Option<PgError>> {
+    let (minor, startup) = match startup::read_opening(stream).await {
+        Ok(Opening::Cancel { pid, secret }) => {
+            if let Some(target) = shared.cancels.target(pid, secret) {
+                let _ = send_cancel(target).await;
+            }
+            return Ok(None);
+        }
+        Ok(Opening::Startup { minor, params }) => (minor, params),
+        Err(OpeningError::Gone) => return Err(None),
+        Err(OpeningError::Refuse(e)) => return Err(Some(e)),
+    };
+    let config = shared.config.load_full();
+    let user = find(&startup, "user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| PgError::fatal(code::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"))?
+        .to_string();
+    let database = find(&startup, "database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
+    if minor > 0 {
+        negotiate(stream, &startup).await.map_err(|_| None)?;
+    }
+    shared.admit()?;
+    let secret = config.users.get(&user).map(|u| &u.password);
+    login::authenticate(stream, &user, config.auth.kind, secret, &shared.secrets)
+        .await
+        .map_err(|e| match e {
+            LoginError::Gone => None,
+            LoginError::Refuse(e) => Some(e),
+        })?;
+    let mut ok = BytesMut::new();
+    messages::auth_ok(&mut ok);
+    stream.write_all(&ok).await.map_err(|_| None)?;
+    let chosen = choose_pool(shared, &config, &database, &user, &startup).await?;
+    Ok(Some(chosen))
+}
+
+fn find<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Answer a 3.x (x > 0) startup with the version sluice speaks and the options it ignored.
+async fn negotiate(stream: &mut TcpStream, startup: &[(String, String)]) -> std::io::Result<()> {
+    let unrecognized: Vec<&str> = startup
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut out = BytesMut::new();
+    messages::negotiate_protocol_version(&mut out, &unrecognized);
+    stream.write_all(&out).await
+}
+
+/// Pick the pool, learn its server parameters, and in session mode bind the backend now.
+async fn choose_pool(
+    shared: &Shared,
+    config: &Config,
+    database: &str,
+    user: &str,
+    startup: &[(String, String)],
+) -> Result<(Startup, Option<ServerConn>), Option<PgError>> {
+    if !config.databases.contains_key(database) {
+        return Err(Some(PgError::fatal(
+            code::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )));
+    }
+    let extra_params = config.pool.track_extra_params.clone();
+    let requested = requested_params(startup, &extra_params)?;
+    let pool = shared
+        .pools
+        .pool_for(database, user, || crate::proxy::pool_settings(config, database, user));
+    let mode = config.pool_mode(database);
+    let mut server = None;
+    if mode == PoolMode::Session || shared.pools.server_params(pool).is_none() {
+        let deadline = Instant::now() + config.pool.queue_timeout;
+        let checked_out = shared.pools.checkout(pool, deadline).await;
+        server = Some(checked_out.map_err(|e| Some(session::login_refusal(e, database, user)))?);
+    }
+    let reported = shared
+        .pools
+        .server_params(pool)
+        .ok_or_else(|| Some(PgError::fatal(code::CONNECTION_FAILURE, "no server parameters")))?;
+    if mode == PoolMode::Transaction {
+        if let Some(s) = server.take() {
+            shared.pools.checkin(s);
+        }
+    }
+    let mut params = Params::new();
+    for (name, value) in reported.iter() {
+        if params::is_tracked(name, &extra_params) {
+            params.set(name, value);
+        }
+    }
+    for (name, value) in requested.iter() {
+        params.set(name, value);
+    }
+    let startup = Startup {
+        pool,
+        database: database.to_string(),
+        user: user.to_string(),
+        mode,
+        params,
+        extra_params,
+        reported,
+    };
+    Ok((startup, server))
+}
+
+/// The tracked parameters a client asked for at startup, including `-c name=value` pairs in
+/// `options`. Anything sluice would not carry to the next backend is refused, not dropped.
+fn requested_params(startup: &[(String, String)], extra: &[String]) -> Result<Params, PgError> {
+    let mut wanted = Params::new();
+    let mut add = |name: &str, value: &str| {
+        if params::is_tracked(name, extra) {
+            wanted.set(name, value);
+            Ok(())
+        } else {
+            Err(PgError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("unsupported startup parameter: {name}"),
+            )
+            .with_hint("List it in pool.track_extra_params to have sluice carry it to every backend."))
+        }
+    };
+    for (name, value) in startup {
+        match name.as_str() {
+            "user" | "database" => {}
+            "replication" => {
+                return Err(PgError::fatal(
+                    code::FEATURE_NOT_SUPPORTED,
+                    "sluice does not pool replication connections",
+                ))
+            }
+            "options" => {
+                for (k, v) in parse_options(value)? {
+                    add(&k, &v)?;
+                }
+            }
+            n if n.starts_with("_pq_.") => {}
+            n => add(n, value)?,
+        }
+    }
+    Ok(wanted)
+}
+
+/// Split libpq's `options` ("-c a=b --c=d") into name/value pairs; backslash escapes a space.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut pairs = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(w) = iter.next() {
+        let setting = if w == "-c" {
+            iter.next().unwrap_or_default()
+        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            rest.to_string()
+        } else {
+            return Err(PgError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("unsupported option in startup parameter \"options\": {w}"),
+            ));
+        };
+        let Some((k, v)) = setting.split_once('=') else {
+            return Err(PgError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("option \"{setting}\" in startup parameter \"options\" has no value"),
+            ));
+        };
+        pairs.push((k.replace('-', "_"), v.to_string()));
+    }
+    Ok(pairs)
+}
+
+/// AuthenticationOk has gone already; the rest of the login reply: the server's parameters
+/// as this client will see them, sluice's own cancel key for the client, and ReadyForQuery.
+fn login_reply(out: &mut BytesMut, startup: &Startup, pid: u32, secret: u32) {
+    for (name, value) in startup.reported.iter() {
+        let value = startup.params.get(name).unwrap_or(value);
+        messages::parameter_status(out, name, value);
+    }
+    messages::backend_key_data(out, pid, secret);
+    messages::ready_for_query(out, b'I');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_become_parameters() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB").unwrap(),
+            vec![
+                ("search_path".to_string(), "a,b".to_string()),
+                ("statement_timeout".to_string(), "5s".to_string()),
+                ("work_mem".to_string(), "4MB".to_string()),
+            ]
+        );
+        assert_eq!(
+            parse_options("-c application_name=my\\ app").unwrap(),
+            vec![("application_name".to_string(), "my app".to_string())]
+        );
+        assert!(parse_options("-x").is_err());
+        assert!(parse_options("-c novalue").is_err());
+    }
+
+    #[test]
+    fn untracked_startup_parameters_are_refused_by_name() {
+        let startup = vec![
+            ("user".to_string(), "u".to_string()),
+            ("TimeZone".to_string(), "UTC".to_string()),
+        ];
+        assert_eq!(requested_params(&startup, &[]).unwrap().get("timezone"), Some("UTC"));
+        let bad = vec![("search_path".to_string(), "x".to_string())];
+        let err = requested_params(&bad, &[]).unwrap_err();
+        assert_eq!(err.code, code::PROTOCOL_VIOLATION);
+        assert!(err.message.contains("search_path"));
+        assert!(requested_params(&bad, &["search_path".to_string()]).is_ok());
+    }
+}

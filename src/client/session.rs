@@ -1,0 +1,334 @@
+//! A logged-in client's session: wait for its next message, bind a backend by pool mode,
+//! forward, and give the backend back clean. In transaction mode a client that finds no
+//! backend in time gets ERROR 53300 and keeps its session; a client that leaves mid-transaction
+//! has its transaction rolled back before the backend serves anyone else.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::pump::{self, ClientSide, Ended, READ_SIZE};
+use super::transaction::TxState;
+use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
+use crate::config::PoolMode;
+use crate::params::{self, Params};
+use crate::pool::{CheckoutError, PoolId};
+use crate::protocol::error::{code, PgError};
+use crate::protocol::frame::{header, FrameWalker, Step};
+use crate::protocol::messages::{self, ftag};
+use crate::proxy::Shared;
+use crate::server::{ServerConn, ServerError};
+
+/// How long cleanup may take on a backend whose client left before it is closed instead.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub client: TcpStream,
+    pub input: BytesMut,
+    pub walker: FrameWalker,
+    pub pool: PoolId,
+    pub database: String,
+    pub user: String,
+    pub mode: PoolMode,
+    /// What the client wants its backend's parameters to be.
+    pub params: Params,
+    pub extra_params: Vec<String>,
+    pub cancel: Arc<CancelSlot>,
+}
+
+impl Session {
+    /// Session mode: one backend, bound at login, for the whole session.
+    pub async fn run_session_mode(mut self, mut server: ServerConn) {
+        if let Err(e) = sync_params(&mut server, &mut self.params).await {
+            let mut out = BytesMut::new();
+            let mut err = e.to_client(&self.database);
+            err.severity = crate::protocol::error::Severity::Fatal;
+            err.encode(&mut out);
+            let _ = self.client.write_all(&out).await;
+            return;
+        }
+        let mut tx = TxState::default();
+        self.cancel.bind(target(&server));
+        let (end, owed) = self.forward(&mut server, &mut tx, false).await;
+        self.cancel.unbind();
+        self.finish(server, tx, end, owed).await;
+    }
+
+    /// Transaction mode: a backend from the first message of a transaction to its end.
+    pub async fn run_transaction_mode(mut self) {
+        while self.next_message().await {
+            let mut server = match self.bind().await {
+                Ok(server) => server,
+                Err(refusal) => {
+                    if self.shed(refusal).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let mut tx = TxState::default();
+            let (end, owed) = self.forward(&mut server, &mut tx, true).await;
+            self.cancel.unbind();
+            if let Ended::Released = end {
+                self.shared.pools.checkin(server);
+                if self.client.write_all(&owed).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            return self.finish(server, tx, end, owed).await;
+        }
+    }
+
+    async fn forward(&mut self, server: &mut ServerConn, tx: &mut TxState, release: bool) -> (Ended, BytesMut) {
+        let client = ClientSide {
+            stream: &mut self.client,
+            input: &mut self.input,
+            walker: &mut self.walker,
+            params: &mut self.params,
+            extra_params: &self.extra_params,
+        };
+        pump::forward(client, server, tx, release).await
+    }
+
+    /// Wait until a whole message header is buffered. False when the client left.
+    async fn next_message(&mut self) -> bool {
+        loop {
+            if let Some((tag, _)) = header(&self.input) {
+                return tag != ftag::TERMINATE;
+            }
+            if self.input.is_empty() && self.input.capacity() > 0 {
+                // An idle client holds no read buffer.
+                self.input = BytesMut::new();
+            }
+            if self.client.readable().await.is_err() {
+                return false;
+            }
+            self.input.reserve(READ_SIZE);
+            match self.client.try_read_buf(&mut self.input) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Check out a backend and make its parameters the client's.
+    async fn bind(&mut self) -> Result<ServerConn, PgError> {
+        let queue_timeout = self.shared.config.load().pool.queue_timeout;
+        let started = Instant::now();
+        let mut server = self
+            .shared
+            .pools
+            .checkout(self.pool, started + queue_timeout)
+            .await
+            .map_err(|e| self.refusal(e, queue_timeout))?;
+        if let Err(e) = sync_params(&mut server, &mut self.params).await {
+            return Err(match e {
+                ServerError::Rejected(mut err) => {
+                    self.shared.pools.checkin(server);
+                    err.severity = crate::protocol::error::Severity::Error;
+                    err
+                }
+                other => other.to_client(&self.database),
+            });
+        }
+        self.cancel.bind(target(&server));
+        Ok(server)
+    }
+
+    fn refusal(&self, e: CheckoutError, queue_timeout: Duration) -> PgError {
+        match e {
+            CheckoutError::QueueTimeout => {
+                let stats = self.shared.pools.stats(self.pool);
+                PgError::error(
+                    code::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "no server connection free for pool \"{}/{}\" within pool.queue_timeout ({}): {} of {} in use",
+                        self.database,
+                        self.user,
+                        crate::config::units::format_duration(queue_timeout),
+                        stats.open - stats.idle,
+                        stats.size
+                    ),
+                )
+                .with_hint("Retry the transaction shortly; if this persists, the pool is too small for the load.")
+            }
+            CheckoutError::Closed => PgError::fatal(code::ADMIN_SHUTDOWN, "sluice is shutting down"),
+            CheckoutError::Connect(e) => {
+                let mut err = e.to_client(&self.database);
+                err.severity = crate::protocol::error::Severity::Error;
+                err
+            }
+        }
+    }
+
+    /// Refuse the transaction the client just began: the error at once, then skip its
+    /// messages through the next Sync (or the one Query or FunctionCall), then ReadyForQuery.
+    async fn shed(&mut self, refusal: PgError) -> Result<(), ()> {
+        let mut out = BytesMut::new();
+        refusal.encode(&mut out);
+        self.client.write_all(&out).await.map_err(|_| ())?;
+        if refusal.is_fatal() {
+            return Err(());
+        }
+        self.skip_request().await?;
+        out.clear();
+        messages::ready_for_query(&mut out, b'I');
+        self.client.write_all(&out).await.map_err(|_| ())
+    }
+
+    async fn skip_request(&mut self) -> Result<(), ()> {
+        let mut ends_here = false;
+        loop {
+            match self.walker.step(&self.input, |_| false) {
+                Step::Start { tag, len } => {
+                    self.input.advance(len);
+                    if tag == ftag::TERMINATE {
+                        return Err(());
+                    }
+                    ends_here = matches!(tag, ftag::SYNC | ftag::QUERY | ftag::FUNCTION_CALL);
+                }
+                Step::Continue { len } => self.input.advance(len),
+                Step::Whole { .. } | Step::Malformed { .. } => return Err(()),
+                Step::NeedMore => {
+                    if !self.read_more().await {
+                        return Err(());
+                    }
+                    continue;
+                }
+            }
+            if ends_here && self.walker.at_boundary() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> bool {
+        self.input.reserve(READ_SIZE);
+        matches!(tokio::io::AsyncReadExt::read_buf(&mut self.client, &mut self.input).await, Ok(n) if n > 0)
+    }
+
+    /// The session is over: tell the client why if there is a why, and leave the backend
+    /// clean for the next client or close it.
+    async fn finish(mut self, server: ServerConn, tx: TxState, end: Ended, owed: BytesMut) {
+        let _ = self.client.write_all(&owed).await;
+        match end {
+            Ended::ServerGone => {
+                drop(server);
+                let err = PgError::fatal(
+                    code::CONNECTION_FAILURE,
+                    "server closed the connection unexpectedly",
+                );
+                let mut out = BytesMut::new();
+                err.encode(&mut out);
+                let _ = self.client.write_all(&out).await;
+            }
+            Ended::Fatal(err) => {
+                let mut out = BytesMut::new();
+                err.encode(&mut out);
+                let _ = self.client.write_all(&out).await;
+                drop(server); // a partial message may have gone to it
+            }
+            Ended::ClientGone { clean: false } => drop(server),
+            Ended::ClientGone { clean: true } | Ended::Released => {
+                let reset = self.mode == PoolMode::Session;
+                if let Some(server) = cleanup(server, tx, reset).await {
+                    self.shared.pools.checkin(server);
+                }
+            }
+        }
+    }
+}
+
+/// A session-mode client that found no backend at login: FATAL, as PostgreSQL would refuse.
+pub fn login_refusal(e: CheckoutError, database: &str, user: &str) -> PgError {
+    match e {
+        CheckoutError::QueueTimeout => PgError::fatal(
+            code::TOO_MANY_CONNECTIONS,
+            format!("no server connection free for pool \"{database}/{user}\" within pool.queue_timeout"),
+        )
+        .with_hint("Retry shortly; if this persists, the pool is too small for the load."),
+        CheckoutError::Closed => PgError::fatal(code::ADMIN_SHUTDOWN, "sluice is shutting down"),
+        CheckoutError::Connect(e) => {
+            let mut err = e.to_client(database);
+            err.severity = crate::protocol::error::Severity::Fatal;
+            err
+        }
+    }
+}
+
+fn target(server: &ServerConn) -> CancelTarget {
+    CancelTarget {
+        addr: server.addr,
+        key: server.key,
+    }
+}
+
+/// Make the backend's session parameters the client's: one round trip when they differ, none
+/// when they match.
+async fn sync_params(server: &mut ServerConn, wanted: &mut Params) -> Result<(), ServerError> {
+    let Some(sql) = params::sync_sql(wanted, &server.params) else {
+        return Ok(());
+    };
+    server.run_quiet(&sql, CLEANUP_TIMEOUT).await?;
+    // The server reports its normalised spelling of reported parameters ("utc" -> "UTC");
+    // adopt it so the next comparison matches. The rest it keeps as sluice set them.
+    for (name, value) in wanted.clone().iter() {
+        if params::is_reported(name) {
+            if let Some(v) = server.params.get(name) {
+                let v = v.to_string();
+                wanted.set(name, &v);
+            }
+        } else {
+            server.params.set(name, value);
+        }
+    }
+    let stale: Vec<String> = server
+        .params
+        .iter()
+        .filter(|(k, _)| !params::is_reported(k) && wanted.get(k).is_none())
+        .map(|(k, _)| k.to_string())
+        .collect();
+    stale.iter().for_each(|k| server.params.remove(k));
+    Ok(())
+}
+
+/// Bring a backend whose client has gone back to an idle state: cancel and wait out anything
+/// still running, close an unfinished extended-protocol batch with a Sync, roll back an open
+/// transaction, and in session mode DISCARD ALL. None when it cannot be made clean in time:
+/// the caller then closes it.
+async fn cleanup(mut server: ServerConn, tx: TxState, reset: bool) -> Option<ServerConn> {
+    let mut owed = tx.pending();
+    let mut status = tx.status();
+    if owed > 0 {
+        let _ = send_cancel(target(&server)).await;
+    }
+    if tx.unsynced() {
+        server.send_sync().await.ok()?;
+        owed += 1;
+    }
+    let drained = tokio::time::timeout(CLEANUP_TIMEOUT, async {
+        while owed > 0 {
+            status = server.read_until_ready().await?;
+            owed -= 1;
+        }
+        Ok::<_, ServerError>(())
+    })
+    .await;
+    if !matches!(drained, Ok(Ok(()))) {
+        return None;
+    }
+    if status != b'I' {
+        server.run_quiet("ROLLBACK", CLEANUP_TIMEOUT).await.ok()?;
+    }
+    if reset {
+        server.run_quiet("DISCARD ALL", CLEANUP_TIMEOUT).await.ok()?;
+    }
+    Some(server)
+}

@@ -1,0 +1,180 @@
+//! A running proxy: the listener, the state every client task shares, and the door. Built from
+//! a `Config` by `Proxy::start`, so one test process can run many proxies side by side.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cancel::CancelRegistry;
+use crate::client::{self, ClientSecrets};
+use crate::config::Config;
+use crate::pool::{PoolSet, PoolSettings};
+use crate::protocol::error::{code, PgError};
+use crate::server::ConnectTarget;
+
+/// Descriptors kept back for backends, the listener, logs and the admin side.
+const FD_RESERVE: usize = 64;
+
+/// What every client task of one proxy shares.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub pools: Arc<PoolSet>,
+    pub cancels: CancelRegistry,
+    pub secrets: ClientSecrets,
+    /// Connections accepted and not yet closed.
+    clients: AtomicUsize,
+    /// Clients the open-file limit leaves room for.
+    fd_client_budget: usize,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The door: refuse a new client when the client cap is reached (this connection is
+    /// already counted), before any work is done for it.
+    pub fn admit(&self) -> Result<(), PgError> {
+        let config = self.config.load();
+        let cap = config.limits.max_client_connections.min(self.fd_client_budget);
+        let now = self.clients.load(Ordering::Relaxed);
+        if now > cap {
+            let limit = if cap == config.limits.max_client_connections {
+                format!("limits.max_client_connections ({cap})")
+            } else {
+                format!("the open-file limit (room for {cap} clients)")
+            };
+            return Err(PgError::fatal(
+                code::TOO_MANY_CONNECTIONS,
+                format!("sorry, too many clients already: {limit} reached"),
+            )
+            .with_hint("Retry with backoff; sluice is at its client connection cap."));
+        }
+        Ok(())
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection from accept to close.
+struct ClientCount(Arc<Shared>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The settings of the (database, user) pool under `config`.
+pub fn pool_settings(config: &Config, database: &str, user: &str) -> PoolSettings {
+    let db = &config.databases[database];
+    PoolSettings {
+        size: config.pool_size(database, user),
+        min_size: config.pool.min_size,
+        lifetime: config.pool.server_lifetime,
+        idle_timeout: config.pool.server_idle_timeout,
+        database_max: db.max_connections,
+        target: ConnectTarget {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.dbname.clone(),
+            user: user.to_string(),
+            secret: config.users.get(user).map(|u| u.password.clone()),
+            connect_timeout: config.pool.connect_timeout,
+        },
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Bind the listener and start serving.
+    pub async fn start(config: Config) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(config.listen.addr).await?;
+        let addr = listener.local_addr()?;
+        let nofile = crate::rlimit::raise_nofile();
+        let fd_client_budget = nofile
+            .saturating_sub(config.limits.max_server_connections + FD_RESERVE)
+            .max(1);
+        if fd_client_budget < config.limits.max_client_connections {
+            tracing::warn!(
+                nofile,
+                max_client_connections = config.limits.max_client_connections,
+                "the open-file limit leaves room for only {fd_client_budget} clients; refusing beyond that"
+            );
+        }
+        let pools = PoolSet::new(config.limits.max_server_connections);
+        pools.spawn_maintenance();
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            pools,
+            cancels: CancelRegistry::default(),
+            secrets: ClientSecrets::default(),
+            clients: AtomicUsize::new(0),
+            fd_client_budget,
+            shutdown: CancellationToken::new(),
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        tracing::info!(%addr, "sluice listening");
+        Ok(Proxy {
+            shared,
+            addr,
+            accept,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stop accepting, close idle backends, and wait up to `grace` for clients to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        let _ = self.accept.await;
+        self.shared.pools.close();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.client_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                shared.clients.fetch_add(1, Ordering::Relaxed);
+                let count = ClientCount(shared.clone());
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _count = count;
+                    client::serve(stream, shared).await;
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or a transient accept error: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
