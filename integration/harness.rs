@@ -1,0 +1,163 @@
+//! Starting sluice for a test: a config written to a temp dir (so the real loader runs),
+//! pointed at the shared cluster, served in-process on a free port.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice::{Config, Proxy};
+
+use crate::cluster::{cluster, DATABASE, PASSWORD, ROLES};
+
+pub struct TestProxy {
+    pub proxy: Option<Proxy>,
+    pub dir: PathBuf,
+}
+
+/// Builds a sluice config for a test, section by section, as TOML lines.
+pub struct ProxyBuilder {
+    auth: String,
+    limits: Vec<String>,
+    pool: Vec<String>,
+    database: Vec<String>,
+    users: Vec<(String, String)>,
+}
+
+pub fn proxy() -> ProxyBuilder {
+    ProxyBuilder {
+        auth: "scram-sha-256".into(),
+        limits: vec![],
+        pool: vec![],
+        database: vec![],
+        users: ROLES.iter().map(|r| (r.to_string(), PASSWORD.to_string())).collect(),
+    }
+}
+
+impl ProxyBuilder {
+    pub fn auth(mut self, kind: &str) -> Self {
+        self.auth = kind.into();
+        self
+    }
+    pub fn limits(mut self, line: &str) -> Self {
+        self.limits.push(line.into());
+        self
+    }
+    pub fn pool(mut self, line: &str) -> Self {
+        self.pool.push(line.into());
+        self
+    }
+    pub fn database(mut self, line: &str) -> Self {
+        self.database.push(line.into());
+        self
+    }
+    /// Replace a user's users.toml password entry (plain, md5 hash or SCRAM secret).
+    pub fn user_secret(mut self, user: &str, secret: &str) -> Self {
+        self.users.retain(|(u, _)| u != user);
+        self.users.push((user.into(), secret.into()));
+        self
+    }
+
+    pub fn toml(&self) -> (String, String) {
+        let c = cluster();
+        let main = format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[auth]\ntype = \"{}\"\nfile = \"users.toml\"\n\
+             [limits]\n{}\n[pool]\n{}\n[databases.{DATABASE}]\nhost = \"127.0.0.1\"\nport = {}\n{}\n",
+            self.auth,
+            self.limits.join("\n"),
+            self.pool.join("\n"),
+            c.port(),
+            self.database.join("\n"),
+        );
+        let users = self
+            .users
+            .iter()
+            .map(|(u, p)| format!("[users.{u}]\npassword = \"{p}\"\n"))
+            .collect::<String>();
+        (main, users)
+    }
+
+    pub async fn start(self) -> TestProxy {
+        let (main, users) = self.toml();
+        let dir = std::env::temp_dir().join(format!("sluice-it-{:016x}", rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sluice.toml"), main).unwrap();
+        std::fs::write(dir.join("users.toml"), users).unwrap();
+        let config = Config::load(&dir.join("sluice.toml")).expect("test config is valid");
+        let proxy = Proxy::start(config).await.expect("sluice starts");
+        TestProxy {
+            proxy: Some(proxy),
+            dir,
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish()
+}
+
+impl TestProxy {
+    pub fn port(&self) -> u16 {
+        self.proxy.as_ref().unwrap().addr().port()
+    }
+
+    pub fn url(&self, user: &str) -> String {
+        format!("postgresql://{user}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable", self.port())
+    }
+
+    pub fn config(&self, user: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port())
+            .user(user)
+            .password(PASSWORD)
+            .dbname(DATABASE)
+            .connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    /// Connect through sluice with tokio-postgres.
+    pub async fn connect(&self, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        connect_with(self.config(user)).await
+    }
+
+    pub fn stats(&self) -> Vec<sluice::pool::PoolStats> {
+        self.proxy.as_ref().unwrap().shared().pools.all_stats()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.shared().pools.close();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn connect_with(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// The server's message of a tokio-postgres error, if the server sent one.
+pub fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
