@@ -3,6 +3,9 @@
 mod basics;
 mod cluster;
 mod harness;
+mod pgbench;
+mod pools;
+mod protocol_paths;
 
 use cluster::{cluster, psql_super, DATABASE, PASSWORD, ROLES, U_MD5, U_SCRAM};
 
