@@ -20,3 +20,4 @@ pub mod server;
 pub use config::Config;
 pub use proxy::Proxy;
 pub mod quickstart;
+pub mod prepared;

@@ -15,6 +15,7 @@ use crate::cancel::CancelRegistry;
 use crate::client::{self, ClientSecrets};
 use crate::config::Config;
 use crate::pool::{PoolSet, PoolSettings};
+use crate::prepared::Registry;
 use crate::protocol::error::{code, PgError};
 use crate::server::ConnectTarget;
 
@@ -27,6 +28,8 @@ pub struct Shared {
     pub pools: Arc<PoolSet>,
     pub cancels: CancelRegistry,
     pub secrets: ClientSecrets,
+    /// Prepared statements shared by every client, for transaction mode.
+    pub statements: Registry,
     /// Connections accepted and not yet closed.
     clients: AtomicUsize,
     /// Clients the open-file limit leaves room for.
@@ -114,12 +117,14 @@ impl Proxy {
             );
         }
         let pools = PoolSet::new(config.limits.max_server_connections);
+        let statements = Registry::new(config.limits.prepared_statement_memory);
         pools.spawn_maintenance();
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             pools,
             cancels: CancelRegistry::default(),
             secrets: ClientSecrets::default(),
+            statements,
             clients: AtomicUsize::new(0),
             fd_client_budget,
             shutdown: CancellationToken::new(),

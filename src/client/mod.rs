@@ -1,8 +1,11 @@
 //! The per-client task: the opening (SSL refusal, cancel routing, startup), the door (client
 //! cap), authentication, the choice of pool, and the login reply; then the session proper.
 
+mod classify;
+mod expect;
 mod login;
 mod pump;
+mod rewrite;
 mod session;
 mod startup;
 mod transaction;
@@ -64,6 +67,7 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         params: startup.params,
         extra_params: startup.extra_params,
         cancel,
+        state: Default::default(),
     };
     match server {
         Some(server) => session.run_session_mode(server).await,

@@ -1,15 +1,19 @@
 //! Forwarding while a backend is bound: both directions move at once (so neither side can
-//! block the other into a deadlock), frames are walked by header and passed on as they came,
-//! and only ReadyForQuery and ParameterStatus are looked into. Each direction holds at most
-//! `MAX_PENDING` bytes not yet written; past that, sluice stops reading from the sender, which
+//! block the other into a deadlock), and frames are walked by header and passed on as they
+//! came, in runs, without copying. In transaction mode the frames that name prepared
+//! statements or may leave session state go through `rewrite`, and replies go through the
+//! tracker so sluice's own answers land in the right place. Each direction holds at most
+//! `MAX_PENDING` bytes not yet written; past that sluice stops reading from the sender, which
 //! is the backpressure a slow reader gets.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::rewrite::{self, ClientState, Ctx, Handled, Rules};
 use super::transaction::TxState;
 use crate::params::{self, Params};
+use crate::prepared::BackendStatements;
 use crate::protocol::error::{code, PgError};
 use crate::protocol::frame::{FrameWalker, Step};
 use crate::protocol::messages::{ftag, parse_parameter_status, tag};
@@ -26,7 +30,7 @@ pub enum Ended {
     /// The transaction is over and the backend idle: it may go back to the pool.
     Released,
     /// The client left (Terminate or a closed socket). `clean` when no partial message went
-    /// to the backend, so it can still be rolled back and reused.
+    /// either way, so the backend can still be rolled back and reused.
     ClientGone { clean: bool },
     /// The backend closed or broke the protocol.
     ServerGone,
@@ -34,102 +38,100 @@ pub enum Ended {
     Fatal(PgError),
 }
 
-/// The client's side of forwarding: its socket, unwalked input and session parameters.
-pub struct ClientSide<'a> {
+/// The client's side of forwarding.
+pub struct ClientSide<'a, 'r> {
     pub stream: &'a mut TcpStream,
     pub input: &'a mut BytesMut,
     pub walker: &'a mut FrameWalker,
     pub params: &'a mut Params,
     pub extra_params: &'a [String],
+    /// Transaction pooling's rewriting; None in session mode.
+    pub rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
+}
+
+/// The state both walks update.
+struct Flow<'a, 'r> {
+    tx: &'a mut TxState,
+    client_walker: &'a mut FrameWalker,
+    server_walker: FrameWalker,
+    client_params: &'a mut Params,
+    server_params: &'a mut Params,
+    statements: &'a mut BackendStatements,
+    extra: &'a [String],
+    rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
 }
 
 /// Forward between client and backend until `Ended`. Returns the bytes still owed to the
 /// client, which the caller writes after giving the backend back.
 pub async fn forward(
-    client: ClientSide<'_>,
+    client: ClientSide<'_, '_>,
     server: &mut ServerConn,
     tx: &mut TxState,
     release_when_idle: bool,
 ) -> (Ended, BytesMut) {
     let mut to_server = BytesMut::new();
     let mut to_client = BytesMut::new();
-    let ClientSide {
-        stream,
-        input,
-        walker,
-        params,
-        extra_params,
-    } = client;
-    let (mut crd, mut cwr) = stream.split();
     let ServerConn {
         stream: sstream,
         rbuf,
         params: server_params,
+        statements,
         ..
     } = server;
     let (mut srd, mut swr) = sstream.split();
-    let mut server_walker = FrameWalker::new(0);
+    let (mut crd, mut cwr) = client.stream.split();
+    let input = client.input;
+    let mut flow = Flow {
+        tx,
+        client_walker: client.walker,
+        server_walker: FrameWalker::new(0),
+        client_params: client.params,
+        server_params,
+        statements,
+        extra: client.extra_params,
+        rewrite: client.rewrite,
+    };
 
     let end = 'forward: {
-    if let Err(end) = walk_client(input, &mut to_server, walker, tx) {
-        break 'forward end;
-    }
-    loop {
-        if release_when_idle
-            && tx.idle()
-            && walker.at_boundary()
-            && server_walker.at_boundary()
-            && to_server.is_empty()
-            && rbuf.is_empty()
-        {
-            break 'forward Ended::Released;
+        if let Err(end) = flow.walk_client(input, &mut to_server, &mut to_client) {
+            break 'forward end;
         }
-        reserve(input);
-        reserve(rbuf);
-        tokio::select! {
-            biased;
-            r = swr.write(&to_server), if !to_server.is_empty() => match r {
-                Ok(n) if n > 0 => drained(&mut to_server, n),
-                _ => break 'forward Ended::ServerGone,
-            },
-            r = cwr.write(&to_client), if !to_client.is_empty() => match r {
-                Ok(n) if n > 0 => drained(&mut to_client, n),
-                _ => break 'forward gone(walker, &to_server),
-            },
-            r = srd.read_buf(rbuf), if to_client.len() < MAX_PENDING => match r {
-                Ok(n) if n > 0 => {
-                    let seen = Seen { tx: &mut *tx, server_params: &mut *server_params, client_params: &mut *params, extra: extra_params };
-                    if walk_server(rbuf, &mut to_client, &mut server_walker, seen).is_err() {
-                        break 'forward Ended::ServerGone;
+        loop {
+            if release_when_idle && flow.may_release() && to_server.is_empty() && rbuf.is_empty() {
+                break 'forward Ended::Released;
+            }
+            reserve(input);
+            reserve(rbuf);
+            tokio::select! {
+                biased;
+                r = swr.write(&to_server), if !to_server.is_empty() => match r {
+                    Ok(n) if n > 0 => drained(&mut to_server, n),
+                    _ => break 'forward Ended::ServerGone,
+                },
+                r = cwr.write(&to_client), if !to_client.is_empty() => match r {
+                    Ok(n) if n > 0 => drained(&mut to_client, n),
+                    _ => break 'forward flow.client_gone(&to_server),
+                },
+                r = srd.read_buf(rbuf), if to_client.len() < MAX_PENDING => match r {
+                    Ok(n) if n > 0 => {
+                        if flow.walk_server(rbuf, &mut to_client).is_err() {
+                            break 'forward Ended::ServerGone;
+                        }
                     }
-                }
-                _ => break 'forward Ended::ServerGone,
-            },
-            r = crd.read_buf(input), if to_server.len() < MAX_PENDING => match r {
-                Ok(n) if n > 0 => {
-                    if let Err(end) = walk_client(input, &mut to_server, walker, tx) {
-                        break 'forward end;
+                    _ => break 'forward Ended::ServerGone,
+                },
+                r = crd.read_buf(input), if to_server.len() < MAX_PENDING => match r {
+                    Ok(n) if n > 0 => {
+                        if let Err(end) = flow.walk_client(input, &mut to_server, &mut to_client) {
+                            break 'forward end;
+                        }
                     }
-                }
-                _ => break 'forward gone(walker, &to_server),
-            },
+                    _ => break 'forward flow.client_gone(&to_server),
+                },
+            }
         }
-    }
-};
-    // A client that left mid-way through a backend's reply leaves the backend unreadable.
-    let end = match end {
-        Ended::ClientGone { clean } => Ended::ClientGone {
-            clean: clean && server_walker.at_boundary(),
-        },
-        other => other,
     };
     (end, to_client)
-}
-
-fn gone(walker: &FrameWalker, to_server: &BytesMut) -> Ended {
-    Ended::ClientGone {
-        clean: walker.at_boundary() && to_server.is_empty(),
-    }
 }
 
 #[inline]
@@ -149,32 +151,161 @@ fn drained(buf: &mut BytesMut, n: usize) {
     }
 }
 
-/// Walk the client's input, accounting each message, and move it to `out`.
-fn walk_client(
-    input: &mut BytesMut,
-    out: &mut BytesMut,
-    walker: &mut FrameWalker,
-    tx: &mut TxState,
-) -> Result<(), Ended> {
-    let mut n = 0;
-    let result = loop {
-        match walker.step(&input[n..], |t| t == ftag::TERMINATE) {
-            Step::NeedMore => break Ok(()),
-            Step::Whole { tag: ftag::TERMINATE, len } => {
-                out.unsplit(input.split_to(n));
-                input.advance(len);
-                return Err(gone(walker, out));
-            }
-            Step::Whole { tag, len } | Step::Start { tag, len } => {
-                tx.on_client(tag);
-                n += len;
-            }
-            Step::Continue { len } => n += len,
-            Step::Malformed { tag, declared } => break Err(Ended::Fatal(too_large(tag, declared))),
+/// Move the first `n` bytes of `input` to the end of `out` (without copying when they are
+/// contiguous, which they are in the common case).
+#[inline]
+fn pass(input: &mut BytesMut, out: &mut BytesMut, n: usize) {
+    if n > 0 {
+        out.unsplit(input.split_to(n));
+    }
+}
+
+impl Flow<'_, '_> {
+    fn may_release(&self) -> bool {
+        let unpinned = self.rewrite.as_ref().is_none_or(|(c, _)| c.pinned.is_none());
+        unpinned && self.tx.idle() && self.client_walker.at_boundary() && self.server_walker.at_boundary()
+    }
+
+    fn client_gone(&self, to_server: &BytesMut) -> Ended {
+        Ended::ClientGone {
+            clean: self.client_walker.at_boundary() && self.server_walker.at_boundary() && to_server.is_empty(),
         }
-    };
-    out.unsplit(input.split_to(n));
-    result
+    }
+
+    /// Walk the client's input, account each message, rewrite where transaction pooling must,
+    /// and move it to `out`.
+    fn walk_client(&mut self, input: &mut BytesMut, out: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+        let rewriting = self.rewrite.is_some();
+        let mut n = 0;
+        let result = loop {
+            let inspect = |t: u8| t == ftag::TERMINATE || (rewriting && rewrite::needs_whole(t));
+            match self.client_walker.step(&input[n..], inspect) {
+                Step::NeedMore => break Ok(()),
+                Step::Whole { tag: ftag::TERMINATE, len } => {
+                    pass(input, out, n);
+                    input.advance(len);
+                    return Err(self.client_gone(out));
+                }
+                Step::Whole { tag, len } | Step::Start { tag, len } => {
+                    let Some((state, rules)) = self.rewrite.as_mut() else {
+                        self.tx.on_client(tag);
+                        n += len;
+                        continue;
+                    };
+                    // What sluice writes must follow the bytes before it.
+                    pass(input, out, n);
+                    n = 0;
+                    let mut ctx = Ctx {
+                        client: state,
+                        backend: self.statements,
+                        rules,
+                        client_params: self.client_params,
+                        server_params: self.server_params,
+                    };
+                    match ctx.on_frame(tag, &input[..len], out) {
+                        Handled::Forward => {
+                            self.tx.on_client(tag);
+                            n = len;
+                        }
+                        Handled::Rewritten => {
+                            self.tx.on_client(tag);
+                            input.advance(len);
+                        }
+                        Handled::Answered => input.advance(len),
+                    }
+                }
+                Step::Continue { len } => n += len,
+                Step::Malformed { tag, declared } => break Err(Ended::Fatal(too_large(tag, declared))),
+            }
+        };
+        pass(input, out, n);
+        self.emit_injects(to_client);
+        result
+    }
+
+    fn emit_injects(&mut self, to_client: &mut BytesMut) {
+        if let Some((state, _)) = self.rewrite.as_mut() {
+            state.tracker.take_injects(|b| to_client.extend_from_slice(b));
+        }
+    }
+
+    /// Walk the backend's output, noting ReadyForQuery and ParameterStatus, dropping replies to
+    /// sluice's own messages, and move it to `out`.
+    fn walk_server(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<(), ()> {
+        let rewriting = self.rewrite.is_some();
+        let inspect = |t: u8| {
+            t == tag::READY_FOR_QUERY
+                || t == tag::PARAMETER_STATUS
+                || (rewriting && matches!(t, tag::ERROR_RESPONSE | b'1' | b'3'))
+        };
+        let mut n = 0;
+        loop {
+            if let Some((state, _)) = self.rewrite.as_mut() {
+                if state.tracker.has_inject_first() {
+                    pass(input, out, n);
+                    n = 0;
+                    state.tracker.take_injects(|b| out.extend_from_slice(b));
+                }
+            }
+            match self.server_walker.step(&input[n..], inspect) {
+                Step::NeedMore => break,
+                Step::Whole { tag, len } | Step::Start { tag, len } => {
+                    let frame = &input[n..n + len];
+                    self.note_server_frame(tag, frame);
+                    if self.route_server_frame(tag, frame) {
+                        n += len;
+                    } else {
+                        pass(input, out, n);
+                        n = 0;
+                        input.advance(len);
+                    }
+                }
+                Step::Continue { len } => n += len,
+                Step::Malformed { .. } => return Err(()),
+            }
+        }
+        pass(input, out, n);
+        Ok(())
+    }
+
+    /// ReadyForQuery and ParameterStatus update what sluice knows of the session.
+    fn note_server_frame(&mut self, t: u8, frame: &[u8]) {
+        match t {
+            tag::READY_FOR_QUERY => self.tx.on_ready(frame.get(5).copied().unwrap_or(b'E')),
+            tag::PARAMETER_STATUS => {
+                if let Some((name, value)) = parse_parameter_status(&frame[5..]) {
+                    self.server_params.set(name, value);
+                    if params::is_tracked(name, self.extra) {
+                        self.client_params.set(name, value);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Does this server message go to the client? Also learns from errors which statements
+    /// the backend does not have.
+    fn route_server_frame(&mut self, t: u8, frame: &[u8]) -> bool {
+        let Some((state, rules)) = self.rewrite.as_mut() else {
+            return true;
+        };
+        let verdict = state.tracker.on_server(t);
+        for id in &verdict.unprepared {
+            self.statements.remove(*id);
+        }
+        if let Some(id) = verdict.failed_bind {
+            let err = PgError::decode(&frame[5..]);
+            if rewrite::is_stale_plan(&err) {
+                // Retire it everywhere: the client's next Bind prepares a fresh statement.
+                self.statements.remove(id);
+                if let Some(stmt) = state.statements.values().find(|s| s.id == id) {
+                    rules.registry.retire(stmt);
+                }
+            }
+        }
+        verdict.forward
+    }
 }
 
 pub fn too_large(tag: u8, declared: usize) -> PgError {
@@ -185,44 +316,4 @@ pub fn too_large(tag: u8, declared: usize) -> PgError {
             tag as char
         ),
     )
-}
-
-/// What walking the server's output updates.
-struct Seen<'a> {
-    tx: &'a mut TxState,
-    server_params: &'a mut Params,
-    client_params: &'a mut Params,
-    extra: &'a [String],
-}
-
-/// Walk the backend's output, noting ReadyForQuery and ParameterStatus, and move it to `out`.
-fn walk_server(
-    input: &mut BytesMut,
-    out: &mut BytesMut,
-    walker: &mut FrameWalker,
-    seen: Seen<'_>,
-) -> Result<(), ()> {
-    let mut n = 0;
-    loop {
-        match walker.step(&input[n..], |t| t == tag::READY_FOR_QUERY || t == tag::PARAMETER_STATUS) {
-            Step::NeedMore => break,
-            Step::Whole { tag: tag::READY_FOR_QUERY, len } => {
-                seen.tx.on_ready(input.get(n + 5).copied().unwrap_or(b'E'));
-                n += len;
-            }
-            Step::Whole { tag: tag::PARAMETER_STATUS, len } => {
-                if let Some((name, value)) = parse_parameter_status(&input[n + 5..n + len]) {
-                    seen.server_params.set(name, value);
-                    if params::is_tracked(name, seen.extra) {
-                        seen.client_params.set(name, value);
-                    }
-                }
-                n += len;
-            }
-            Step::Whole { len, .. } | Step::Start { len, .. } | Step::Continue { len } => n += len,
-            Step::Malformed { .. } => return Err(()),
-        }
-    }
-    out.unsplit(input.split_to(n));
-    Ok(())
 }

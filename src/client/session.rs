@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::pump::{self, ClientSide, Ended, READ_SIZE};
+use super::rewrite::{ClientState, Rules};
 use super::transaction::TxState;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
 use crate::config::PoolMode;
@@ -38,6 +39,8 @@ pub struct Session {
     pub params: Params,
     pub extra_params: Vec<String>,
     pub cancel: Arc<CancelSlot>,
+    /// Prepared statements and pinning, for transaction mode.
+    pub state: ClientState,
 }
 
 impl Session {
@@ -85,20 +88,40 @@ impl Session {
     }
 
     async fn forward(&mut self, server: &mut ServerConn, tx: &mut TxState, release: bool) -> (Ended, BytesMut) {
+        let config = self.shared.config.load();
+        let rules = Rules {
+            registry: &self.shared.statements,
+            policy: config.pool.session_state,
+            max_prepared: config.pool.max_prepared_statements,
+            extra: &self.extra_params,
+        };
+        let transaction_mode = self.mode == PoolMode::Transaction;
         let client = ClientSide {
             stream: &mut self.client,
             input: &mut self.input,
             walker: &mut self.walker,
             params: &mut self.params,
             extra_params: &self.extra_params,
+            rewrite: transaction_mode.then_some((&mut self.state, &rules)),
         };
-        pump::forward(client, server, tx, release).await
+        let ended = pump::forward(client, server, tx, release).await;
+        if matches!(ended.0, Ended::Released) {
+            debug_assert!(self.state.tracker.is_empty(), "replies owed at release");
+        }
+        self.state.tracker.clear();
+        ended
     }
 
     /// Wait until a whole message header is buffered. False when the client left.
     async fn next_message(&mut self) -> bool {
         loop {
-            if let Some((tag, _)) = header(&self.input) {
+            if let Some((tag, total)) = header(&self.input) {
+                if total == 0 || total > self.max_message_size() {
+                    let mut out = BytesMut::new();
+                    pump::too_large(tag, total.saturating_sub(1)).encode(&mut out);
+                    let _ = self.client.write_all(&out).await;
+                    return false;
+                }
                 return tag != ftag::TERMINATE;
             }
             if self.input.is_empty() && self.input.capacity() > 0 {
@@ -116,6 +139,10 @@ impl Session {
                 Err(_) => return false,
             }
         }
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.shared.config.load().limits.max_message_size
     }
 
     /// Check out a backend and make its parameters the client's.
@@ -237,7 +264,7 @@ impl Session {
             }
             Ended::ClientGone { clean: false } => drop(server),
             Ended::ClientGone { clean: true } | Ended::Released => {
-                let reset = self.mode == PoolMode::Session;
+                let reset = self.mode == PoolMode::Session || self.state.pinned.is_some();
                 if let Some(server) = cleanup(server, tx, reset).await {
                     self.shared.pools.checkin(server);
                 }
@@ -329,6 +356,14 @@ async fn cleanup(mut server: ServerConn, tx: TxState, reset: bool) -> Option<Ser
     }
     if reset {
         server.run_quiet("DISCARD ALL", CLEANUP_TIMEOUT).await.ok()?;
+        server.statements.clear();
+        let stale: Vec<String> = server
+            .params
+            .iter()
+            .filter(|(k, _)| !params::is_reported(k))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        stale.iter().for_each(|k| server.params.remove(k));
     }
     Some(server)
 }

@@ -7,7 +7,7 @@ use toml::Value;
 
 use super::load::{join_key, toml_key};
 use super::units::{format_duration, format_size};
-use super::{AuthType, Config, PoolMode};
+use super::{AuthType, Config, PoolMode, SessionStatePolicy};
 use crate::auth::Secret;
 
 /// Render `config` as TOML text (it parses as TOML; users appear as `password_kind`).
@@ -61,6 +61,10 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
         "login_timeout",
         string(&format_duration(limits.login_timeout)),
     );
+    out.kv(
+        "prepared_statement_memory",
+        string(&format_size(limits.prepared_statement_memory)),
+    );
     let pool = &config.pool;
     out.header("pool");
     out.kv("mode", string(mode(pool.mode)));
@@ -81,6 +85,16 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
         string(&format_duration(pool.connect_timeout)),
     );
     out.kv("track_extra_params", list(&pool.track_extra_params));
+    out.kv(
+        "max_prepared_statements",
+        pool.max_prepared_statements.to_string(),
+    );
+    let policy = match pool.session_state {
+        SessionStatePolicy::Pin => "pin",
+        SessionStatePolicy::Error => "error",
+        SessionStatePolicy::Allow => "allow",
+    };
+    out.kv("session_state", string(policy));
 }
 
 fn databases(out: &mut Out, config: &Config) {

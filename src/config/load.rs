@@ -10,8 +10,7 @@ use toml::{Table, Value};
 
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
-    Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode, User,
-};
+    Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode, User, SessionStatePolicy};
 use crate::auth::Secret;
 
 const TOP: &[&str] = &["listen", "auth", "limits", "pool", "databases"];
@@ -22,6 +21,7 @@ const LIMITS: &[&str] = &[
     "max_server_connections",
     "max_message_size",
     "login_timeout",
+    "prepared_statement_memory",
 ];
 const POOL: &[&str] = &[
     "mode",
@@ -32,6 +32,8 @@ const POOL: &[&str] = &[
     "server_idle_timeout",
     "connect_timeout",
     "track_extra_params",
+    "max_prepared_statements",
+    "session_state",
 ];
 const DATABASE: &[&str] = &[
     "host",
@@ -156,6 +158,12 @@ fn parse_limits(s: &Section) -> Result<Limits, ConfigError> {
         max_server_connections: s.count("max_server_connections", 1)?.unwrap_or(100),
         max_message_size,
         login_timeout: s.duration("login_timeout", false)?.unwrap_or(secs(15)),
+        prepared_statement_memory: match s.size("prepared_statement_memory")? {
+            Some(n) if n < 1024 => {
+                return Err(s.err("prepared_statement_memory", format!("must be at least 1kB (got {n} bytes)")))
+            }
+            other => other.unwrap_or(64 << 20),
+        },
     })
 }
 
@@ -178,6 +186,8 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
             .unwrap_or(secs(600)),
         connect_timeout: s.duration("connect_timeout", false)?.unwrap_or(secs(5)),
         track_extra_params,
+        max_prepared_statements: s.count("max_prepared_statements", 1)?.unwrap_or(200),
+        session_state: s.session_state("session_state")?.unwrap_or(SessionStatePolicy::Pin),
     })
 }
 
@@ -451,6 +461,19 @@ impl<'a> Section<'a> {
             Some("transaction") => Ok(Some(PoolMode::Transaction)),
             Some(other) => {
                 let reason = format!("must be \"session\" or \"transaction\" (got {other:?})");
+                Err(self.err(key, reason))
+            }
+        }
+    }
+
+    fn session_state(&self, key: &str) -> Result<Option<SessionStatePolicy>, ConfigError> {
+        match self.string(key)? {
+            None => Ok(None),
+            Some("pin") => Ok(Some(SessionStatePolicy::Pin)),
+            Some("error") => Ok(Some(SessionStatePolicy::Error)),
+            Some("allow") => Ok(Some(SessionStatePolicy::Allow)),
+            Some(other) => {
+                let reason = format!("must be \"pin\", \"error\" or \"allow\" (got {other:?})");
                 Err(self.err(key, reason))
             }
         }

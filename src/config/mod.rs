@@ -49,6 +49,17 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// What transaction pooling does with a statement that leaves session state on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatePolicy {
+    /// Keep the client on its backend for the rest of its session.
+    Pin,
+    /// Refuse the statement with an ERROR naming it.
+    Error,
+    /// Let it through, as PgBouncer does.
+    Allow,
+}
+
 /// What sluice asks clients for at login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthType {
@@ -92,6 +103,8 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Time a new client has to finish startup and authentication.
     pub login_timeout: Duration,
+    /// Memory for the shared registry of prepared statements.
+    pub prepared_statement_memory: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +118,9 @@ pub struct PoolDefaults {
     pub connect_timeout: Duration,
     /// Extra startup parameters (beyond the built-in list) that follow a client to every backend.
     pub track_extra_params: Vec<String>,
+    /// Prepared statements kept per backend in transaction mode (least recently used closed).
+    pub max_prepared_statements: usize,
+    pub session_state: SessionStatePolicy,
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 //! short functions, tested below against bytes.
 
 pub mod error;
+pub mod extended;
 pub mod frame;
 pub mod messages;
 pub mod startup;

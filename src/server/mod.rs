@@ -92,6 +92,8 @@ pub struct ServerConn {
     pub params: Params,
     /// Read buffer for the forward path; kept with the backend so its allocation is reused.
     pub rbuf: BytesMut,
+    /// Shared prepared statements this backend has (transaction mode).
+    pub statements: crate::prepared::BackendStatements,
     pub created: Instant,
     pub last_used: Instant,
     pub(crate) slot: Slot,
@@ -129,6 +131,7 @@ impl ServerConn {
             addr,
             params,
             rbuf: BytesMut::new(),
+            statements: Default::default(),
             created: now,
             last_used: now,
             slot,

@@ -1,0 +1,222 @@
+//! A look at a statement's first keywords, enough to tell whether it leaves session state on
+//! a backend that transaction pooling would hand to the next client, or manages prepared
+//! statements. Not a SQL parser: it reads past whitespace and comments, then a few words.
+
+use crate::params;
+
+/// What a statement means for pooling.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect<'a> {
+    /// Nothing that outlives the transaction (or state sluice tracks by itself).
+    None,
+    /// Session state a shared backend would carry to the next client; the text names it.
+    SessionState(String),
+    /// `DEALLOCATE [PREPARE] name`.
+    Deallocate(&'a str),
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `RESET ALL`.
+    ResetAll,
+}
+
+/// Classify one statement's text. `extra` lists the tracked parameters beyond the built-in
+/// ones.
+pub fn classify<'a>(sql: &'a str, extra: &[String]) -> Effect<'a> {
+    let mut words = Words::new(sql);
+    let Some(first) = words.next() else {
+        return Effect::None;
+    };
+    let effect = match first.to_ascii_uppercase().as_str() {
+        "SET" => set(&mut words, extra),
+        "RESET" => reset(&mut words),
+        "LISTEN" => state("LISTEN"),
+        "PREPARE" => match words.next() {
+            Some(w) if w.eq_ignore_ascii_case("TRANSACTION") => Effect::None,
+            _ => state("PREPARE"),
+        },
+        "DECLARE" if contains_ci(sql, "with hold") => state("DECLARE ... WITH HOLD"),
+        "CREATE" => create(&mut words),
+        "DEALLOCATE" => deallocate(&mut words),
+        "DISCARD" => match words.next() {
+            Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::DiscardAll,
+            _ => Effect::None,
+        },
+        _ => Effect::None,
+    };
+    if effect == Effect::None && contains_ci(sql, "advisory_lock") {
+        // pg_advisory_lock and friends hold until session end; the _xact_ ones do not and
+        // are spelled "advisory_xact_lock".
+        return state("pg_advisory_lock");
+    }
+    effect
+}
+
+fn state(what: &str) -> Effect<'static> {
+    Effect::SessionState(what.to_string())
+}
+
+fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
+    let Some(w) = words.next() else {
+        return Effect::None;
+    };
+    let name = match w.to_ascii_uppercase().as_str() {
+        "LOCAL" | "TRANSACTION" | "CONSTRAINTS" => return Effect::None,
+        "ROLE" => return state("SET ROLE"),
+        "SESSION" => match words.next() {
+            Some(n) if n.eq_ignore_ascii_case("AUTHORIZATION") => return state("SET SESSION AUTHORIZATION"),
+            Some(n) if n.eq_ignore_ascii_case("CHARACTERISTICS") => return state("SET SESSION CHARACTERISTICS"),
+            Some(n) => n,
+            None => return Effect::None,
+        },
+        "TIME" => "TimeZone",
+        _ => w,
+    };
+    let name = name.trim_matches('"');
+    // Parameters PostgreSQL reports back are followed through ParameterStatus; others
+    // would stay behind on the backend.
+    if params::is_reported(name) && params::is_tracked(name, extra) {
+        Effect::None
+    } else {
+        Effect::SessionState(format!("SET {name}"))
+    }
+}
+
+fn reset<'a>(words: &mut Words<'_>) -> Effect<'a> {
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::ResetAll,
+        Some(w) if w.eq_ignore_ascii_case("ROLE") || w.eq_ignore_ascii_case("SESSION") => Effect::None,
+        _ => Effect::None,
+    }
+}
+
+fn create<'a>(words: &mut Words<'_>) -> Effect<'a> {
+    let mut w = words.next();
+    if w.is_some_and(|w| w.eq_ignore_ascii_case("LOCAL") || w.eq_ignore_ascii_case("GLOBAL")) {
+        w = words.next();
+    }
+    match w {
+        Some(w) if w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY") => state("CREATE TEMP"),
+        _ => Effect::None,
+    }
+}
+
+fn deallocate<'a>(words: &mut Words<'a>) -> Effect<'a> {
+    let mut w = words.next();
+    if w.is_some_and(|w| w.eq_ignore_ascii_case("PREPARE")) {
+        w = words.next();
+    }
+    match w {
+        Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::DeallocateAll,
+        Some(w) if words.next().is_none() => Effect::Deallocate(w.trim_matches('"')),
+        _ => Effect::None,
+    }
+}
+
+/// ASCII case-insensitive substring search.
+fn contains_ci(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// Words of a statement: identifiers, keywords and quoted identifiers, skipping whitespace,
+/// comments and punctuation. A trailing semicolon ends the statement.
+struct Words<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Words<'a> {
+    fn new(sql: &'a str) -> Self {
+        Words { rest: sql }
+    }
+
+    fn skip_space(&mut self) {
+        loop {
+            let trimmed = self.rest.trim_start();
+            if let Some(after) = trimmed.strip_prefix("--") {
+                self.rest = after.split_once('\n').map_or("", |(_, r)| r);
+            } else if let Some(after) = trimmed.strip_prefix("/*") {
+                self.rest = after.split_once("*/").map_or("", |(_, r)| r);
+            } else {
+                self.rest = trimmed;
+                return;
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        self.skip_space();
+        let s = self.rest;
+        if s.starts_with('"') {
+            let end = s[1..].find('"').map_or(s.len(), |i| i + 2);
+            self.rest = &s[end..];
+            return Some(&s[..end]);
+        }
+        let end = s
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$'))
+            .unwrap_or(s.len());
+        if end == 0 {
+            return None;
+        }
+        self.rest = &s[end..];
+        Some(&s[..end])
+    }
+}
+
+/// Is this Query text a single statement (at most one trailing semicolon)?
+pub fn single_statement(sql: &str) -> bool {
+    let body = sql.trim_end().trim_end_matches(';');
+    !body.contains(';')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(sql: &str) -> Effect<'_> {
+        classify(sql, &[])
+    }
+
+    #[test]
+    fn session_state_is_named() {
+        assert_eq!(c("LISTEN ch"), state("LISTEN"));
+        assert_eq!(c("  /* x */ -- y\n prepare p as select 1"), state("PREPARE"));
+        assert_eq!(c("DECLARE c CURSOR WITH HOLD FOR select 1"), state("DECLARE ... WITH HOLD"));
+        assert_eq!(c("create temporary table t (a int)"), state("CREATE TEMP"));
+        assert_eq!(c("CREATE LOCAL TEMP TABLE t (a int)"), state("CREATE TEMP"));
+        assert_eq!(c("select pg_advisory_lock(1)"), state("pg_advisory_lock"));
+        assert_eq!(c("SET search_path = x"), state("SET search_path"));
+        assert_eq!(c("SET SESSION work_mem TO '4MB'"), state("SET work_mem"));
+        assert_eq!(c("set role admin"), state("SET ROLE"));
+    }
+
+    #[test]
+    fn transaction_scoped_and_tracked_statements_are_fine() {
+        assert_eq!(c("SET LOCAL work_mem = '1MB'"), Effect::None);
+        assert_eq!(c("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Effect::None);
+        assert_eq!(c("SET TimeZone = 'UTC'"), Effect::None);
+        assert_eq!(c("set time zone 'UTC'"), Effect::None);
+        assert_eq!(c("SET application_name TO 'x'"), Effect::None);
+        assert_eq!(c("select pg_advisory_xact_lock(1)"), Effect::None);
+        assert_eq!(c("CREATE TABLE t (a int)"), Effect::None);
+        assert_eq!(c("PREPARE TRANSACTION 'x'"), Effect::None);
+        assert_eq!(c("DECLARE c CURSOR FOR select 1"), Effect::None);
+        assert_eq!(c(""), Effect::None);
+    }
+
+    #[test]
+    fn prepared_statement_management() {
+        assert_eq!(c("DEALLOCATE s1"), Effect::Deallocate("s1"));
+        assert_eq!(c("deallocate prepare \"S1\";"), Effect::Deallocate("S1"));
+        assert_eq!(c("DEALLOCATE ALL"), Effect::DeallocateAll);
+        assert_eq!(c("discard all"), Effect::DiscardAll);
+        assert_eq!(c("RESET ALL"), Effect::ResetAll);
+        assert!(single_statement("DEALLOCATE x;"));
+        assert!(!single_statement("DEALLOCATE x; select 1"));
+    }
+}

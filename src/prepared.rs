@@ -1,0 +1,254 @@
+//! Named prepared statements in transaction mode. Clients name statements as they like; sluice
+//! keeps one shared registry keyed by (query text, parameter types), gives each entry its own
+//! server-side name (`sluice_<id>`), and prepares it on a backend the first time that backend
+//! needs it. Clients preparing the same query share one server-side statement.
+//!
+//! Memory is bounded: the registry counts the bytes it holds, and past its cap it first drops
+//! statements no client uses, then refuses new ones. Each backend keeps at most
+//! `pool.max_prepared_statements`, closing the least recently used first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+
+use crate::protocol::extended::build_parse;
+
+/// One shared statement.
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    pub query: String,
+    pub param_types: Vec<u8>,
+    /// Set when a backend reported its plan stale ("cached plan must not change result
+    /// type"): clients move to a fresh statement at their next use.
+    retired: AtomicBool,
+}
+
+impl Statement {
+    pub fn server_name(id: u64) -> String {
+        format!("sluice_{id}")
+    }
+
+    /// Append the Parse that prepares this statement on a backend.
+    pub fn write_parse(&self, out: &mut BytesMut) {
+        build_parse(out, &Self::server_name(self.id), &self.query, &self.param_types);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn size(&self) -> usize {
+        self.query.len() + self.param_types.len() + std::mem::size_of::<Statement>() + 64
+    }
+}
+
+type Key = (String, Vec<u8>);
+
+/// The registry's memory cap was reached by statements clients still use.
+#[derive(Debug)]
+pub struct RegistryFull {
+    pub limit: usize,
+}
+
+pub struct Registry {
+    map: Mutex<HashMap<Key, Arc<Statement>>>,
+    next_id: AtomicU64,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+}
+
+impl Registry {
+    pub fn new(max_bytes: usize) -> Registry {
+        Registry {
+            map: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+        }
+    }
+
+    /// The shared statement for this query and parameter types, made if new.
+    pub fn statement(&self, query: &str, param_types: &[u8]) -> Result<Arc<Statement>, RegistryFull> {
+        let mut map = self.map.lock().unwrap();
+        let key = (query.to_string(), param_types.to_vec());
+        if let Some(s) = map.get(&key) {
+            return Ok(s.clone());
+        }
+        let stmt = Arc::new(Statement {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            query: key.0.clone(),
+            param_types: key.1.clone(),
+            retired: AtomicBool::new(false),
+        });
+        let size = stmt.size();
+        if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
+            self.drop_unused(&mut map);
+            if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
+                return Err(RegistryFull {
+                    limit: self.max_bytes,
+                });
+            }
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        map.insert(key, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Forget statements only the registry holds.
+    fn drop_unused(&self, map: &mut HashMap<Key, Arc<Statement>>) {
+        map.retain(|_, s| {
+            let used = Arc::strong_count(s) > 1;
+            if !used {
+                self.bytes.fetch_sub(s.size(), Ordering::Relaxed);
+            }
+            used
+        });
+    }
+
+    /// Stop handing out `stmt`: its plan went stale on a backend after DDL.
+    pub fn retire(&self, stmt: &Statement) {
+        stmt.retired.store(true, Ordering::Relaxed);
+        let mut map = self.map.lock().unwrap();
+        let key = (stmt.query.clone(), stmt.param_types.clone());
+        if map.get(&key).is_some_and(|s| s.id == stmt.id) {
+            if let Some(s) = map.remove(&key) {
+                self.bytes.fetch_sub(s.size(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The statements one backend has prepared, least recently used first out.
+#[derive(Debug, Default)]
+pub struct BackendStatements {
+    last_used: HashMap<u64, u64>,
+    tick: u64,
+    /// Statements used at or after this tick belong to the batch in flight; they are never
+    /// closed under it.
+    batch_start: u64,
+}
+
+impl BackendStatements {
+    /// Has this backend prepared `id`? Marks it used.
+    pub fn touch(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.last_used.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Record that `id` is being prepared; return statements to close to stay within `cap`.
+    pub fn insert(&mut self, id: u64, cap: usize) -> Vec<u64> {
+        self.tick += 1;
+        self.last_used.insert(id, self.tick);
+        let mut evicted = Vec::new();
+        while self.last_used.len() > cap {
+            let oldest = self
+                .last_used
+                .iter()
+                .filter(|(_, &t)| t < self.batch_start)
+                .min_by_key(|(_, &t)| t)
+                .map(|(&id, _)| id);
+            let Some(oldest) = oldest else { break };
+            self.last_used.remove(&oldest);
+            evicted.push(oldest);
+        }
+        evicted
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.last_used.remove(&id);
+    }
+
+    /// The backend lost every prepared statement (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.last_used.clear();
+    }
+
+    /// A Sync went out: a new batch starts after it.
+    pub fn new_batch(&mut self) {
+        self.batch_start = self.tick + 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_used.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_query_and_types_share_one_statement() {
+        let r = Registry::new(1 << 20);
+        let a = r.statement("select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
+        let b = r.statement("select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
+        let c = r.statement("select $1", &[0, 1, 0, 0, 0, 25]).unwrap();
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert_eq!(r.len(), 2);
+        assert!(r.bytes() > 0);
+    }
+
+    #[test]
+    fn memory_cap_drops_unused_then_refuses() {
+        let r = Registry::new(700);
+        let held = r.statement(&"x".repeat(200), &[]).unwrap();
+        drop(r.statement(&"y".repeat(200), &[]).unwrap());
+        // Over the cap: the unused "y" goes, the held "x" stays.
+        let z = r.statement(&"z".repeat(200), &[]).unwrap();
+        assert_eq!(r.len(), 2);
+        let err = r.statement(&"w".repeat(200), &[]).unwrap_err();
+        assert_eq!(err.limit, 700);
+        drop((held, z));
+    }
+
+    #[test]
+    fn retired_statements_are_replaced_by_fresh_ones() {
+        let r = Registry::new(1 << 20);
+        let a = r.statement("select 1", &[]).unwrap();
+        r.retire(&a);
+        assert!(a.is_retired());
+        let b = r.statement("select 1", &[]).unwrap();
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn backend_closes_least_recently_used_outside_the_batch() {
+        let mut b = BackendStatements::default();
+        assert!(b.insert(1, 2).is_empty());
+        assert!(b.insert(2, 2).is_empty());
+        assert!(b.touch(1));
+        b.new_batch();
+        assert_eq!(b.insert(3, 2), vec![2]);
+        assert!(!b.touch(2));
+        // Everything else is in this batch: nothing may be closed, so the cap bends.
+        assert!(b.touch(1));
+        assert!(b.insert(4, 2).is_empty());
+        assert_eq!(b.len(), 3);
+    }
+}

@@ -1,0 +1,126 @@
+//! The extended-protocol messages whose statement names sluice rewrites (Parse, Bind,
+//! Describe, Close), and the short server replies it sometimes answers with itself. Parsing
+//! borrows from the frame; building appends one frame to a buffer.
+
+use bytes::{BufMut, BytesMut};
+
+use super::frame::cstr;
+
+/// A Parse body: statement name, query text, and the raw parameter-type section.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parse<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    pub param_types: &'a [u8],
+}
+
+pub fn parse_parse(body: &[u8]) -> Option<Parse<'_>> {
+    let (name, rest) = cstr(body)?;
+    let (query, param_types) = cstr(rest)?;
+    Some(Parse {
+        name,
+        query,
+        param_types,
+    })
+}
+
+pub fn build_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u8]) {
+    let start = begin(out, b'P');
+    put_cstr(out, name);
+    put_cstr(out, query);
+    out.put_slice(param_types);
+    finish(out, start);
+}
+
+/// A Bind body: portal, statement, and everything after them.
+pub fn parse_bind(body: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let (portal, rest) = cstr(body)?;
+    let (statement, rest) = cstr(rest)?;
+    Some((portal, statement, rest))
+}
+
+pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    let start = begin(out, b'B');
+    put_cstr(out, portal);
+    put_cstr(out, statement);
+    out.put_slice(rest);
+    finish(out, start);
+}
+
+/// Describe and Close bodies: 'S' (statement) or 'P' (portal), and the name.
+pub fn parse_target(body: &[u8]) -> Option<(u8, &str)> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, _) = cstr(rest)?;
+    Some((kind, name))
+}
+
+pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    let start = begin(out, tag);
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish(out, start);
+}
+
+pub const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
+pub const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
+pub const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+pub fn command_complete(out: &mut BytesMut, command: &str) {
+    let start = begin(out, b'C');
+    put_cstr(out, command);
+    finish(out, start);
+}
+
+fn begin(out: &mut BytesMut, tag: u8) -> usize {
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_u32(0);
+    start
+}
+
+fn finish(out: &mut BytesMut, start: usize) {
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::body;
+
+    #[test]
+    fn parse_round_trips_with_a_new_name() {
+        let mut out = BytesMut::new();
+        build_parse(&mut out, "s1", "select $1", &[0, 1, 0, 0, 0, 23]);
+        let p = parse_parse(body(&out)).unwrap();
+        assert_eq!(p.name, "s1");
+        assert_eq!(p.query, "select $1");
+        assert_eq!(p.param_types, &[0, 1, 0, 0, 0, 23]);
+        let mut renamed = BytesMut::new();
+        build_parse(&mut renamed, "sluice_7", p.query, p.param_types);
+        assert_eq!(renamed.len(), out.len() + 6);
+        assert_eq!(parse_parse(body(&renamed)).unwrap().name, "sluice_7");
+    }
+
+    #[test]
+    fn bind_keeps_its_parameters_when_renamed() {
+        let rest = [0u8, 0, 0, 1, 0, 0, 0, 1, b'5', 0, 0];
+        let mut out = BytesMut::new();
+        build_bind(&mut out, "", "s1", &rest);
+        let (portal, stmt, tail) = parse_bind(body(&out)).unwrap();
+        assert_eq!((portal, stmt, tail), ("", "s1", &rest[..]));
+    }
+
+    #[test]
+    fn describe_and_close_targets() {
+        let mut out = BytesMut::new();
+        build_target(&mut out, b'C', b'S', "s9");
+        assert_eq!(out[0], b'C');
+        assert_eq!(parse_target(body(&out)), Some((b'S', "s9")));
+    }
+}
