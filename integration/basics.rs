@@ -9,7 +9,10 @@ async fn every_client_auth_method_accepts_the_right_password_and_refuses_a_wrong
         let p = proxy().auth(kind).start().await;
         // The backend leg differs per role: trust, md5 and scram on the PostgreSQL side.
         for user in [U_TRUST, U_MD5, U_SCRAM] {
-            let c = p.connect(user).await.unwrap_or_else(|e| panic!("{kind}/{user}: {e}"));
+            let c = p
+                .connect(user)
+                .await
+                .unwrap_or_else(|e| panic!("{kind}/{user}: {e}"));
             let row = c.query_one("select current_user::text", &[]).await.unwrap();
             assert_eq!(row.get::<_, String>(0), user, "{kind}");
             let mut bad = p.config(user);
@@ -18,16 +21,22 @@ async fn every_client_auth_method_accepts_the_right_password_and_refuses_a_wrong
             if kind == "trust" {
                 assert!(result.is_ok(), "trust ignores the password");
             } else {
-                let err = result.err().expect("wrong password refused");
+                let Err(err) = result else {
+                    panic!("wrong password refused");
+                };
                 assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{kind}/{user}");
-                assert!(message(&err).contains(&format!("password authentication failed for user \"{user}\"")));
+                assert!(message(&err).contains(&format!(
+                    "password authentication failed for user \"{user}\""
+                )));
             }
         }
         // An unknown user fails exactly like a wrong password (no user enumeration).
         if kind != "trust" {
             let mut ghost = p.config("nobody");
             ghost.password(PASSWORD);
-            let err = crate::harness::connect_with(ghost).await.err().expect("unknown user refused");
+            let Err(err) = crate::harness::connect_with(ghost).await else {
+                panic!("unknown user refused");
+            };
             assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
             assert!(message(&err).contains("password authentication failed for user \"nobody\""));
         }
@@ -47,8 +56,14 @@ async fn md5_hash_and_scram_secret_entries_authenticate_clients() {
         .start()
         .await;
     for user in [U_MD5, U_TRUST] {
-        let c = p.connect(user).await.unwrap_or_else(|e| panic!("{user}: {e}"));
-        assert_eq!(c.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+        let c = p
+            .connect(user)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert_eq!(
+            c.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0),
+            7
+        );
     }
 }
 
@@ -77,5 +92,8 @@ async fn simple_and_extended_queries_pass_through() {
     let err = c.query("select 1/0", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("22012"));
     // The session lives on after an error.
-    assert_eq!(c.query_one("select 5", &[]).await.unwrap().get::<_, i32>(0), 5);
+    assert_eq!(
+        c.query_one("select 5", &[]).await.unwrap().get::<_, i32>(0),
+        5
+    );
 }

@@ -30,7 +30,10 @@ pub fn proxy() -> ProxyBuilder {
         limits: vec![],
         pool: vec![],
         database: vec![],
-        users: ROLES.iter().map(|r| (r.to_string(), PASSWORD.to_string())).collect(),
+        users: ROLES
+            .iter()
+            .map(|r| (r.to_string(), PASSWORD.to_string()))
+            .collect(),
     }
 }
 
@@ -95,7 +98,12 @@ impl ProxyBuilder {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish()
 }
 
@@ -105,7 +113,10 @@ impl TestProxy {
     }
 
     pub fn url(&self, user: &str) -> String {
-        format!("postgresql://{user}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable", self.port())
+        format!(
+            "postgresql://{user}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+            self.port()
+        )
     }
 
     pub fn config(&self, user: &str) -> tokio_postgres::Config {
@@ -120,7 +131,10 @@ impl TestProxy {
     }
 
     /// Connect through sluice with tokio-postgres.
-    pub async fn connect(&self, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        user: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         connect_with(self.config(user)).await
     }
 
@@ -144,7 +158,9 @@ impl Drop for TestProxy {
     }
 }
 
-pub async fn connect_with(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect_with(
+    config: tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -159,5 +175,127 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
 
 /// The server's message of a tokio-postgres error, if the server sent one.
 pub fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// A bare protocol client for tests that must choose statement names or message order
+/// exactly. Logs in with trust (use a proxy with `.auth("trust")`).
+pub struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One backend message: its tag and body.
+pub type Message = (u8, Vec<u8>);
+
+impl RawClient {
+    pub async fn connect(port: u16, user: &str) -> RawClient {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let startup = sluice::protocol::startup::startup_message(&[
+            ("user", user),
+            ("database", crate::cluster::DATABASE),
+        ]);
+        stream.write_all(&startup).await.unwrap();
+        let mut c = RawClient {
+            stream,
+            buf: Vec::new(),
+        };
+        let login = c.until_ready().await;
+        assert!(
+            login.iter().any(|(t, _)| *t == b'R'),
+            "logged in: {login:?}"
+        );
+        c
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Read messages up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.next().await;
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Message {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let frame: Vec<u8> = self.buf.drain(..len + 1).collect();
+                    return (frame[0], frame[5..].to_vec());
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("reply within 10s")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Frames for RawClient.
+pub mod frames {
+    use bytes::BytesMut;
+    use sluice::protocol::{extended, messages};
+
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        extended::build_parse(&mut b, name, sql, &[0, 0]);
+        b.to_vec()
+    }
+    pub fn bind(statement: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        // No parameters, no result formats.
+        extended::build_bind(&mut b, "", statement, &[0, 0, 0, 0, 0, 0]);
+        b.to_vec()
+    }
+    pub fn execute() -> Vec<u8> {
+        vec![b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]
+    }
+    pub fn close(name: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        extended::build_target(&mut b, b'C', b'S', name);
+        b.to_vec()
+    }
+    pub fn describe(name: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        extended::build_target(&mut b, b'D', b'S', name);
+        b.to_vec()
+    }
+    pub fn sync() -> Vec<u8> {
+        extended::SYNC.to_vec()
+    }
+    pub fn query(sql: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        messages::query(&mut b, sql);
+        b.to_vec()
+    }
+    /// Tags of a reply, as a string ("12DCZ").
+    pub fn tags(reply: &[super::Message]) -> String {
+        reply.iter().map(|(t, _)| *t as char).collect()
+    }
+    /// The SQLSTATE of the first error in a reply.
+    pub fn sqlstate(reply: &[super::Message]) -> Option<String> {
+        let (_, body) = reply.iter().find(|(t, _)| *t == b'E')?;
+        Some(sluice::protocol::PgError::decode(body).code)
+    }
 }

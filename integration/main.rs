@@ -5,6 +5,7 @@ mod cluster;
 mod harness;
 mod pgbench;
 mod pools;
+mod prepared;
 mod protocol_paths;
 
 use cluster::{cluster, psql_super, DATABASE, PASSWORD, ROLES, U_MD5, U_SCRAM};

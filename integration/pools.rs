@@ -29,9 +29,18 @@ impl Sampler {
     async fn start(users: &[&str]) -> Sampler {
         let c = cluster();
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(c.host()).port(c.port()).user("postgres").dbname("postgres");
-        let direct = connect_with(cfg).await.expect("direct superuser connection");
-        let list = users.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(",");
+        cfg.host(c.host())
+            .port(c.port())
+            .user("postgres")
+            .dbname("postgres");
+        let direct = connect_with(cfg)
+            .await
+            .expect("direct superuser connection");
+        let list = users
+            .iter()
+            .map(|u| format!("'{u}'"))
+            .collect::<Vec<_>>()
+            .join(",");
         let sql = format!(
             "select count(*) from pg_stat_activity where usename in ({list}) and backend_type = 'client backend'"
         );
@@ -89,7 +98,9 @@ async fn storm(p: &TestProxy, user: &str, clients: usize, rounds: usize) -> usiz
                         }
                     }
                 } else {
-                    let done = c.batch_execute("begin; select pg_sleep(0.005); commit").await;
+                    let done = c
+                        .batch_execute("begin; select pg_sleep(0.005); commit")
+                        .await;
                     if let Err(e) = &done {
                         eprintln!("transaction failed: {e} {}", message(e));
                     }
@@ -120,7 +131,10 @@ async fn two_hundred_clients_share_a_pool_of_five_without_exceeding_it() {
     let failed = storm(&p, &user, 200, 4).await;
     let max = sampler.stop();
     assert_eq!(failed, 0, "every query answered");
-    assert!((1..=5).contains(&max), "PostgreSQL saw {max} backends for a pool of 5");
+    assert!(
+        (1..=5).contains(&max),
+        "PostgreSQL saw {max} backends for a pool of 5"
+    );
     let stats = p.stats();
     assert!(stats.iter().all(|s| s.open <= 5), "{stats:?}");
 }
@@ -141,7 +155,10 @@ async fn database_cap_binds_across_users_and_idle_backends_move_between_pools() 
     let (fa, fb) = tokio::join!(storm(&p, &a, 30, 4), storm(&p, &b, 30, 4));
     let max = sampler.stop();
     assert_eq!(fa + fb, 0);
-    assert!((1..=3).contains(&max), "database cap 3, PostgreSQL saw {max}");
+    assert!(
+        (1..=3).contains(&max),
+        "database cap 3, PostgreSQL saw {max}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,8 +196,15 @@ async fn queue_timeout_gives_53300_and_the_session_lives_on() {
     let err = waiter.query_one("select 1", &[]).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
-    assert!(message(&err).contains("pool.queue_timeout"), "{}", message(&err));
-    assert!(waited >= Duration::from_millis(290) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        message(&err).contains("pool.queue_timeout"),
+        "{}",
+        message(&err)
+    );
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     holder.batch_execute("commit").await.unwrap();
     let row = waiter.query_one("select 41 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
@@ -195,9 +219,15 @@ async fn client_cap_refuses_the_next_client_at_once() {
         held.push(p.connect(user).await.unwrap());
     }
     let started = Instant::now();
-    let err = p.connect(user).await.err().expect("fourth client refused");
+    let Err(err) = p.connect(user).await else {
+        panic!("fourth client refused");
+    };
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
-    assert!(message(&err).contains("limits.max_client_connections (3)"), "{}", message(&err));
+    assert!(
+        message(&err).contains("limits.max_client_connections (3)"),
+        "{}",
+        message(&err)
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(held.pop());
     // The freed place is usable once the proxy has seen the close.
@@ -210,7 +240,10 @@ async fn client_cap_refuses_the_next_client_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let c = admitted.expect("a place came free");
-    assert_eq!(c.query_one("select 3", &[]).await.unwrap().get::<_, i32>(0), 3);
+    assert_eq!(
+        c.query_one("select 3", &[]).await.unwrap().get::<_, i32>(0),
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,9 +257,18 @@ async fn session_mode_login_waits_then_gets_fatal_53300() {
         .start()
         .await;
     let first = p.connect(&user).await.unwrap();
-    let err = p.connect(&user).await.err().expect("second session refused");
+    let Err(err) = p.connect(&user).await else {
+        panic!("second session refused");
+    };
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
-    assert_eq!(first.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        first
+            .query_one("select 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
     drop(first);
     let mut second = None;
     for _ in 0..50 {
@@ -236,20 +278,29 @@ async fn session_mode_login_waits_then_gets_fatal_53300() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(second.is_some(), "the session's backend came back to the pool");
+    assert!(
+        second.is_some(),
+        "the session's backend came back to the pool"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_parameters_follow_each_client_across_one_backend() {
     let user = role("u_params");
-    let p = proxy().user_secret(&user, PASSWORD).pool("size = 1").start().await;
+    let p = proxy()
+        .user_secret(&user, PASSWORD)
+        .pool("size = 1")
+        .start()
+        .await;
     let mut ca = p.config(&user);
-    ca.application_name("alpha").options("-c TimeZone=Asia/Tokyo");
+    ca.application_name("alpha")
+        .options("-c TimeZone=Asia/Tokyo");
     let mut cb = p.config(&user);
     cb.application_name("beta").options("-c TimeZone=UTC");
     let a = connect_with(ca).await.unwrap();
     let b = connect_with(cb).await.unwrap();
-    let sql = "select current_setting('application_name'), current_setting('TimeZone'), pg_backend_pid()";
+    let sql =
+        "select current_setting('application_name'), current_setting('TimeZone'), pg_backend_pid()";
     let mut pids = Vec::new();
     for _ in 0..3 {
         for (c, app, tz) in [(&a, "alpha", "Asia/Tokyo"), (&b, "beta", "UTC")] {
@@ -262,7 +313,9 @@ async fn startup_parameters_follow_each_client_across_one_backend() {
     pids.dedup();
     assert_eq!(pids.len(), 1, "one backend served both clients");
     // A SET of a tracked parameter moves with the client too.
-    a.batch_execute("set application_name = 'alpha2'").await.unwrap();
+    a.batch_execute("set application_name = 'alpha2'")
+        .await
+        .unwrap();
     b.query_one("select 1", &[]).await.unwrap();
     let row = a.query_one(sql, &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "alpha2");
@@ -275,13 +328,21 @@ async fn unsupported_startup_parameter_is_refused_by_name() {
     let p = proxy().start().await;
     let mut cfg = p.config(crate::cluster::U_SCRAM);
     cfg.options("-c search_path=public");
-    let err = connect_with(cfg).await.err().expect("refused");
+    let Err(err) = connect_with(cfg).await else {
+        panic!("refused");
+    };
     assert_eq!(sqlstate(&err).as_deref(), Some("08P01"));
     assert!(message(&err).contains("search_path"));
-    let p = proxy().pool("track_extra_params = [\"search_path\"]").start().await;
+    let p = proxy()
+        .pool("track_extra_params = [\"search_path\"]")
+        .start()
+        .await;
     let mut cfg = p.config(crate::cluster::U_SCRAM);
     cfg.options("-c search_path=pg_catalog");
     let c = connect_with(cfg).await.unwrap();
-    let row = c.query_one("select current_setting('search_path')", &[]).await.unwrap();
+    let row = c
+        .query_one("select current_setting('search_path')", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "pg_catalog");
 }

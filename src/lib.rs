@@ -19,5 +19,5 @@ pub mod server;
 
 pub use config::Config;
 pub use proxy::Proxy;
-pub mod quickstart;
 pub mod prepared;
+pub mod quickstart;

@@ -1,6 +1,6 @@
 //! The `sluice` command line. Everything it runs lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use sluice::{Config, Proxy};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A PostgreSQL connection-limiting proxy")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A PostgreSQL connection-limiting proxy"
+)]
 struct Cli {
     /// Config file to run with.
     #[arg(long, default_value = "conf/sluice.toml")]
@@ -36,8 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -63,7 +66,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             print!("{}", config.effective());
@@ -76,7 +79,7 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf) -> ExitCode {
+fn run(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {

@@ -32,7 +32,11 @@ impl Params {
 
     /// Set a value; returns true when it changed.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
-        match self.0.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) if v == value => false,
             Some((_, v)) => {
                 *v = value.to_string();
@@ -72,7 +76,11 @@ pub fn sync_sql(wanted: &Params, backend: &Params) -> Option<String> {
     let mut sql = String::new();
     for (name, value) in wanted.iter() {
         if backend.get(name) != Some(value) {
-            sql.push_str(&format!("SET {} TO {};", quote_ident(name), quote_literal(value)));
+            sql.push_str(&format!(
+                "SET {} TO {};",
+                quote_ident(name),
+                quote_literal(value)
+            ));
         }
     }
     for (name, _) in backend.iter() {

@@ -33,7 +33,12 @@ impl Statement {
 
     /// Append the Parse that prepares this statement on a backend.
     pub fn write_parse(&self, out: &mut BytesMut) {
-        build_parse(out, &Self::server_name(self.id), &self.query, &self.param_types);
+        build_parse(
+            out,
+            &Self::server_name(self.id),
+            &self.query,
+            &self.param_types,
+        );
     }
 
     pub fn is_retired(&self) -> bool {
@@ -71,7 +76,11 @@ impl Registry {
     }
 
     /// The shared statement for this query and parameter types, made if new.
-    pub fn statement(&self, query: &str, param_types: &[u8]) -> Result<Arc<Statement>, RegistryFull> {
+    pub fn statement(
+        &self,
+        query: &str,
+        param_types: &[u8],
+    ) -> Result<Arc<Statement>, RegistryFull> {
         let mut map = self.map.lock().unwrap();
         let key = (query.to_string(), param_types.to_vec());
         if let Some(s) = map.get(&key) {

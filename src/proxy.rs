@@ -42,7 +42,10 @@ impl Shared {
     /// already counted), before any work is done for it.
     pub fn admit(&self) -> Result<(), PgError> {
         let config = self.config.load();
-        let cap = config.limits.max_client_connections.min(self.fd_client_budget);
+        let cap = config
+            .limits
+            .max_client_connections
+            .min(self.fd_client_budget);
         let now = self.clients.load(Ordering::Relaxed);
         if now > cap {
             let limit = if cap == config.limits.max_client_connections {

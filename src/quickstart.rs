@@ -19,14 +19,23 @@ pub async fn run(listen: &str) -> Result<(), String> {
     let setup = format!(
         "CREATE ROLE {USER} LOGIN PASSWORD '{password}'; CREATE DATABASE {DATABASE} OWNER {USER};"
     );
-    pg.psql("postgres", &setup).map_err(|e| format!("setting up PostgreSQL: {e}"))?;
-    let dir = pg.data_dir().parent().unwrap_or(Path::new("/tmp")).join("sluice-conf");
+    pg.psql("postgres", &setup)
+        .map_err(|e| format!("setting up PostgreSQL: {e}"))?;
+    let dir = pg
+        .data_dir()
+        .parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join("sluice-conf");
     let config = write_config(&dir, listen, pg.port(), &password)?;
     let proxy = Proxy::start(config)
         .await
         .map_err(|e| format!("starting sluice on {listen}: {e}"))?;
     let addr = proxy.addr();
-    println!("PostgreSQL {} is running on port {} (data in {}).", "15", pg.port(), pg.data_dir().display());
+    println!(
+        "PostgreSQL is running on port {} (data in {}).",
+        pg.port(),
+        pg.data_dir().display()
+    );
     println!("sluice is listening on {addr}, transaction pooling, pool size 10.\n");
     println!("Connect with:\n");
     println!(

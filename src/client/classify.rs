@@ -65,8 +65,12 @@ fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
         "LOCAL" | "TRANSACTION" | "CONSTRAINTS" => return Effect::None,
         "ROLE" => return state("SET ROLE"),
         "SESSION" => match words.next() {
-            Some(n) if n.eq_ignore_ascii_case("AUTHORIZATION") => return state("SET SESSION AUTHORIZATION"),
-            Some(n) if n.eq_ignore_ascii_case("CHARACTERISTICS") => return state("SET SESSION CHARACTERISTICS"),
+            Some(n) if n.eq_ignore_ascii_case("AUTHORIZATION") => {
+                return state("SET SESSION AUTHORIZATION")
+            }
+            Some(n) if n.eq_ignore_ascii_case("CHARACTERISTICS") => {
+                return state("SET SESSION CHARACTERISTICS")
+            }
             Some(n) => n,
             None => return Effect::None,
         },
@@ -86,7 +90,9 @@ fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
 fn reset<'a>(words: &mut Words<'_>) -> Effect<'a> {
     match words.next() {
         Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::ResetAll,
-        Some(w) if w.eq_ignore_ascii_case("ROLE") || w.eq_ignore_ascii_case("SESSION") => Effect::None,
+        Some(w) if w.eq_ignore_ascii_case("ROLE") || w.eq_ignore_ascii_case("SESSION") => {
+            Effect::None
+        }
         _ => Effect::None,
     }
 }
@@ -97,7 +103,9 @@ fn create<'a>(words: &mut Words<'_>) -> Effect<'a> {
         w = words.next();
     }
     match w {
-        Some(w) if w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY") => state("CREATE TEMP"),
+        Some(w) if w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY") => {
+            state("CREATE TEMP")
+        }
         _ => Effect::None,
     }
 }
@@ -152,8 +160,8 @@ impl<'a> Iterator for Words<'a> {
     fn next(&mut self) -> Option<&'a str> {
         self.skip_space();
         let s = self.rest;
-        if s.starts_with('"') {
-            let end = s[1..].find('"').map_or(s.len(), |i| i + 2);
+        if let Some(inner) = s.strip_prefix('"') {
+            let end = inner.find('"').map_or(s.len(), |i| i + 2);
             self.rest = &s[end..];
             return Some(&s[..end]);
         }
@@ -168,10 +176,63 @@ impl<'a> Iterator for Words<'a> {
     }
 }
 
+/// The session state any statement of a (possibly multi-statement) Query leaves, if any.
+pub fn session_state(sql: &str, extra: &[String]) -> Option<String> {
+    statements(sql).find_map(|s| match classify(s, extra) {
+        Effect::SessionState(what) => Some(what),
+        _ => None,
+    })
+}
+
 /// Is this Query text a single statement (at most one trailing semicolon)?
 pub fn single_statement(sql: &str) -> bool {
-    let body = sql.trim_end().trim_end_matches(';');
-    !body.contains(';')
+    statements(sql).filter(|s| !s.trim().is_empty()).count() <= 1
+}
+
+/// The statements of a Query, split at semicolons outside quotes, dollar quotes and comments.
+pub fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    let mut rest = sql;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = statement_end(rest);
+        let (stmt, tail) = rest.split_at(end);
+        rest = tail.strip_prefix(';').unwrap_or(tail);
+        Some(stmt)
+    })
+}
+
+/// Byte offset of the first top-level semicolon (or the end).
+fn statement_end(sql: &str) -> usize {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let skip_to = |from: usize, pat: &str| {
+            sql[from..]
+                .find(pat)
+                .map_or(b.len(), |j| from + j + pat.len())
+        };
+        i = match b[i] {
+            b';' => return i,
+            b'\'' => skip_to(i + 1, "'"),
+            b'"' => skip_to(i + 1, "\""),
+            b'-' if b.get(i + 1) == Some(&b'-') => skip_to(i + 2, "\n"),
+            b'/' if b.get(i + 1) == Some(&b'*') => skip_to(i + 2, "*/"),
+            b'$' => match dollar_tag(&sql[i..]) {
+                Some(tag) => skip_to(i + tag.len(), tag),
+                None => i + 1,
+            },
+            _ => i + 1,
+        };
+    }
+    b.len()
+}
+
+/// A dollar-quote opener ("$$" or "$name$") at the start of `s`.
+fn dollar_tag(s: &str) -> Option<&str> {
+    let end = s[1..].find(|c: char| !(c.is_alphanumeric() || c == '_'))? + 1;
+    (s.as_bytes().get(end) == Some(&b'$')).then(|| &s[..=end])
 }
 
 #[cfg(test)]
@@ -185,8 +246,14 @@ mod tests {
     #[test]
     fn session_state_is_named() {
         assert_eq!(c("LISTEN ch"), state("LISTEN"));
-        assert_eq!(c("  /* x */ -- y\n prepare p as select 1"), state("PREPARE"));
-        assert_eq!(c("DECLARE c CURSOR WITH HOLD FOR select 1"), state("DECLARE ... WITH HOLD"));
+        assert_eq!(
+            c("  /* x */ -- y\n prepare p as select 1"),
+            state("PREPARE")
+        );
+        assert_eq!(
+            c("DECLARE c CURSOR WITH HOLD FOR select 1"),
+            state("DECLARE ... WITH HOLD")
+        );
         assert_eq!(c("create temporary table t (a int)"), state("CREATE TEMP"));
         assert_eq!(c("CREATE LOCAL TEMP TABLE t (a int)"), state("CREATE TEMP"));
         assert_eq!(c("select pg_advisory_lock(1)"), state("pg_advisory_lock"));
@@ -198,7 +265,10 @@ mod tests {
     #[test]
     fn transaction_scoped_and_tracked_statements_are_fine() {
         assert_eq!(c("SET LOCAL work_mem = '1MB'"), Effect::None);
-        assert_eq!(c("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Effect::None);
+        assert_eq!(
+            c("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            Effect::None
+        );
         assert_eq!(c("SET TimeZone = 'UTC'"), Effect::None);
         assert_eq!(c("set time zone 'UTC'"), Effect::None);
         assert_eq!(c("SET application_name TO 'x'"), Effect::None);
@@ -207,6 +277,22 @@ mod tests {
         assert_eq!(c("PREPARE TRANSACTION 'x'"), Effect::None);
         assert_eq!(c("DECLARE c CURSOR FOR select 1"), Effect::None);
         assert_eq!(c(""), Effect::None);
+    }
+
+    #[test]
+    fn every_statement_of_a_query_is_looked_at() {
+        let sql = "BEGIN; DECLARE hc CURSOR WITH HOLD FOR select 1; COMMIT";
+        assert_eq!(
+            session_state(sql, &[]).as_deref(),
+            Some("DECLARE ... WITH HOLD")
+        );
+        assert_eq!(session_state("select ';'; select $x$;listen$x$", &[]), None);
+        assert_eq!(
+            session_state("select 1 -- ;\n; LISTEN a", &[]).as_deref(),
+            Some("LISTEN")
+        );
+        let parts: Vec<&str> = statements("a; 'b;c'; \"d;\"; $$e;$$; /* f; */ g").collect();
+        assert_eq!(parts, ["a", " 'b;c'", " \"d;\"", " $$e;$$", " /* f; */ g"]);
     }
 
     #[test]

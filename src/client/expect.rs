@@ -13,9 +13,13 @@ use bytes::Bytes;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `stmt`: the shared statement it prepares, if named.
-    Parse { stmt: Option<u64> },
+    Parse {
+        stmt: Option<u64>,
+    },
     /// `stmt`: the shared statement it binds, if named.
-    Bind { stmt: Option<u64> },
+    Bind {
+        stmt: Option<u64>,
+    },
     Describe,
     Execute,
     Close,
@@ -137,7 +141,8 @@ impl Tracker {
         while let Some(front) = self.queue.front() {
             match front {
                 Expect::Reply(Kind::Sync) | Expect::Own(Kind::Sync) => break,
-                Expect::Reply(Kind::Parse { stmt: Some(id) }) | Expect::Own(Kind::Parse { stmt: Some(id) }) => {
+                Expect::Reply(Kind::Parse { stmt: Some(id) })
+                | Expect::Own(Kind::Parse { stmt: Some(id) }) => {
                     unprepared.push(*id);
                 }
                 _ => {}
@@ -178,7 +183,12 @@ mod tests {
     #[test]
     fn replies_pop_in_order() {
         let mut t = Tracker::default();
-        for k in [Kind::Parse { stmt: None }, Kind::Bind { stmt: None }, Kind::Execute, Kind::Sync] {
+        for k in [
+            Kind::Parse { stmt: None },
+            Kind::Bind { stmt: None },
+            Kind::Execute,
+            Kind::Sync,
+        ] {
             t.push(Expect::Reply(k));
         }
         assert_eq!(run(&mut t, b"12DDCZ"), vec![true; 6]);
@@ -217,7 +227,10 @@ mod tests {
         assert_eq!(v.unprepared, vec![3, 4]);
         let mut out = Vec::new();
         t.take_injects(|b| out.extend_from_slice(b));
-        assert!(out.is_empty(), "PostgreSQL would not have answered the skipped Close");
+        assert!(
+            out.is_empty(),
+            "PostgreSQL would not have answered the skipped Close"
+        );
         assert_eq!(run(&mut t, b"Z"), vec![true]);
         assert!(t.is_empty());
     }

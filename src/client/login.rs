@@ -67,10 +67,16 @@ pub async fn authenticate(
         }
         // PostgreSQL answers md5 with SCRAM when it only holds a SCRAM secret; so do we.
         (AuthType::Md5, Some(Secret::Scram(s))) => scram_exchange(stream, s.clone()).await?,
-        (AuthType::Md5, Some(Secret::Plain(pw))) => md5_exchange(stream, Some(md5::stored(user, pw))).await?,
-        (AuthType::Md5, Some(Secret::Md5(stored))) => md5_exchange(stream, Some(stored.clone())).await?,
+        (AuthType::Md5, Some(Secret::Plain(pw))) => {
+            md5_exchange(stream, Some(md5::stored(user, pw))).await?
+        }
+        (AuthType::Md5, Some(Secret::Md5(stored))) => {
+            md5_exchange(stream, Some(stored.clone())).await?
+        }
         (AuthType::Md5, None) => md5_exchange(stream, None).await?,
-        (AuthType::ScramSha256, Some(Secret::Scram(s))) => scram_exchange(stream, s.clone()).await?,
+        (AuthType::ScramSha256, Some(Secret::Scram(s))) => {
+            scram_exchange(stream, s.clone()).await?
+        }
         (AuthType::ScramSha256, Some(Secret::Plain(pw))) => {
             let s = secrets.scram_for(user, pw).await;
             scram_exchange(stream, s).await?
@@ -115,7 +121,9 @@ async fn scram_exchange(stream: &mut TcpStream, secret: ScramSecret) -> Result<b
         return Err(violation("malformed SASLInitialResponse"));
     };
     if mechanism != MECHANISM {
-        return Err(violation("client selected an invalid SASL authentication mechanism"));
+        return Err(violation(
+            "client selected an invalid SASL authentication mechanism",
+        ));
     }
     let Ok(server_first) = server.client_first(first) else {
         return Ok(false);
@@ -150,7 +158,10 @@ async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {
 /// Read one PasswordMessage-family frame ('p') and return its body.
 async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, LoginError> {
     let mut head = [0u8; 5];
-    stream.read_exact(&mut head).await.map_err(|_| LoginError::Gone)?;
+    stream
+        .read_exact(&mut head)
+        .await
+        .map_err(|_| LoginError::Gone)?;
     let Some((tag, total)) = header(&head) else {
         unreachable!("five bytes read")
     };
@@ -167,7 +178,10 @@ async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, LoginE
         return Err(violation("invalid password message length"));
     }
     let mut body = vec![0u8; total - 5];
-    stream.read_exact(&mut body).await.map_err(|_| LoginError::Gone)?;
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|_| LoginError::Gone)?;
     Ok(body)
 }
 

@@ -3,6 +3,7 @@
 
 mod classify;
 mod expect;
+mod local;
 mod login;
 mod pump;
 mod rewrite;
@@ -112,9 +113,17 @@ async fn open(
     let config = shared.config.load_full();
     let user = find(&startup, "user")
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| PgError::fatal(code::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"))?
+        .ok_or_else(|| {
+            PgError::fatal(
+                code::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
         .to_string();
-    let database = find(&startup, "database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
+    let database = find(&startup, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
     if minor > 0 {
         negotiate(stream, &startup).await.map_err(|_| None)?;
     }
@@ -134,7 +143,10 @@ async fn open(
 }
 
 fn find<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Answer a 3.x (x > 0) startup with the version sluice speaks and the options it ignored.
@@ -165,9 +177,9 @@ async fn choose_pool(
     }
     let extra_params = config.pool.track_extra_params.clone();
     let requested = requested_params(startup, &extra_params)?;
-    let pool = shared
-        .pools
-        .pool_for(database, user, || crate::proxy::pool_settings(config, database, user));
+    let pool = shared.pools.pool_for(database, user, || {
+        crate::proxy::pool_settings(config, database, user)
+    });
     let mode = config.pool_mode(database);
     let mut server = None;
     if mode == PoolMode::Session || shared.pools.server_params(pool).is_none() {
@@ -175,10 +187,12 @@ async fn choose_pool(
         let checked_out = shared.pools.checkout(pool, deadline).await;
         server = Some(checked_out.map_err(|e| Some(session::login_refusal(e, database, user)))?);
     }
-    let reported = shared
-        .pools
-        .server_params(pool)
-        .ok_or_else(|| Some(PgError::fatal(code::CONNECTION_FAILURE, "no server parameters")))?;
+    let reported = shared.pools.server_params(pool).ok_or_else(|| {
+        Some(PgError::fatal(
+            code::CONNECTION_FAILURE,
+            "no server parameters",
+        ))
+    })?;
     if mode == PoolMode::Transaction {
         if let Some(s) = server.take() {
             shared.pools.checkin(s);
@@ -218,7 +232,9 @@ fn requested_params(startup: &[(String, String)], extra: &[String]) -> Result<Pa
                 code::PROTOCOL_VIOLATION,
                 format!("unsupported startup parameter: {name}"),
             )
-            .with_hint("List it in pool.track_extra_params to have sluice carry it to every backend."))
+            .with_hint(
+                "List it in pool.track_extra_params to have sluice carry it to every backend.",
+            ))
         }
     };
     for (name, value) in startup {
@@ -324,7 +340,10 @@ mod tests {
             ("user".to_string(), "u".to_string()),
             ("TimeZone".to_string(), "UTC".to_string()),
         ];
-        assert_eq!(requested_params(&startup, &[]).unwrap().get("timezone"), Some("UTC"));
+        assert_eq!(
+            requested_params(&startup, &[]).unwrap().get("timezone"),
+            Some("UTC")
+        );
         let bad = vec![("search_path".to_string(), "x".to_string())];
         let err = requested_params(&bad, &[]).unwrap_err();
         assert_eq!(err.code, code::PROTOCOL_VIOLATION);

@@ -162,26 +162,42 @@ fn pass(input: &mut BytesMut, out: &mut BytesMut, n: usize) {
 
 impl Flow<'_, '_> {
     fn may_release(&self) -> bool {
-        let unpinned = self.rewrite.as_ref().is_none_or(|(c, _)| c.pinned.is_none());
-        unpinned && self.tx.idle() && self.client_walker.at_boundary() && self.server_walker.at_boundary()
+        let unpinned = self
+            .rewrite
+            .as_ref()
+            .is_none_or(|(c, _)| c.pinned.is_none());
+        unpinned
+            && self.tx.idle()
+            && self.client_walker.at_boundary()
+            && self.server_walker.at_boundary()
     }
 
     fn client_gone(&self, to_server: &BytesMut) -> Ended {
         Ended::ClientGone {
-            clean: self.client_walker.at_boundary() && self.server_walker.at_boundary() && to_server.is_empty(),
+            clean: self.client_walker.at_boundary()
+                && self.server_walker.at_boundary()
+                && to_server.is_empty(),
         }
     }
 
     /// Walk the client's input, account each message, rewrite where transaction pooling must,
     /// and move it to `out`.
-    fn walk_client(&mut self, input: &mut BytesMut, out: &mut BytesMut, to_client: &mut BytesMut) -> Result<(), Ended> {
+    fn walk_client(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
         let rewriting = self.rewrite.is_some();
         let mut n = 0;
         let result = loop {
             let inspect = |t: u8| t == ftag::TERMINATE || (rewriting && rewrite::needs_whole(t));
             match self.client_walker.step(&input[n..], inspect) {
                 Step::NeedMore => break Ok(()),
-                Step::Whole { tag: ftag::TERMINATE, len } => {
+                Step::Whole {
+                    tag: ftag::TERMINATE,
+                    len,
+                } => {
                     pass(input, out, n);
                     input.advance(len);
                     return Err(self.client_gone(out));
@@ -215,7 +231,9 @@ impl Flow<'_, '_> {
                     }
                 }
                 Step::Continue { len } => n += len,
-                Step::Malformed { tag, declared } => break Err(Ended::Fatal(too_large(tag, declared))),
+                Step::Malformed { tag, declared } => {
+                    break Err(Ended::Fatal(too_large(tag, declared)))
+                }
             }
         };
         pass(input, out, n);
@@ -225,7 +243,9 @@ impl Flow<'_, '_> {
 
     fn emit_injects(&mut self, to_client: &mut BytesMut) {
         if let Some((state, _)) = self.rewrite.as_mut() {
-            state.tracker.take_injects(|b| to_client.extend_from_slice(b));
+            state
+                .tracker
+                .take_injects(|b| to_client.extend_from_slice(b));
         }
     }
 

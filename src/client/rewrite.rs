@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::classify::{classify, single_statement, Effect};
+use super::classify::{classify, session_state, single_statement, Effect};
 use super::expect::{Expect, Kind, Tracker};
 use crate::config::SessionStatePolicy;
 use crate::params::{self, Params};
@@ -44,7 +44,10 @@ pub struct Rules<'a> {
 
 /// Tags whose frames must be whole to be handled.
 pub fn needs_whole(tag: u8) -> bool {
-    matches!(tag, ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE | ftag::QUERY)
+    matches!(
+        tag,
+        ftag::PARSE | ftag::BIND | ftag::DESCRIBE | ftag::CLOSE | ftag::QUERY
+    )
 }
 
 /// What became of one client frame.
@@ -103,7 +106,9 @@ impl Ctx<'_, '_> {
     }
 
     fn inject(&mut self, bytes: &'static [u8]) -> Handled {
-        self.client.tracker.push(Expect::Inject(Bytes::from_static(bytes)));
+        self.client
+            .tracker
+            .push(Expect::Inject(Bytes::from_static(bytes)));
         Handled::Answered
     }
 
@@ -136,13 +141,17 @@ impl Ctx<'_, '_> {
             Ok(stmt) => stmt,
             Err(full) => return self.refuse(registry_full(full.limit)),
         };
-        self.client.statements.insert(p.name.to_string(), stmt.clone());
+        self.client
+            .statements
+            .insert(p.name.to_string(), stmt.clone());
         if self.backend.touch(stmt.id) {
             return self.inject(&PARSE_COMPLETE);
         }
         self.close_evicted(stmt.id, out);
         stmt.write_parse(out);
-        self.client.tracker.push(Expect::Reply(Kind::Parse { stmt: Some(stmt.id) }));
+        self.client.tracker.push(Expect::Reply(Kind::Parse {
+            stmt: Some(stmt.id),
+        }));
         Handled::Rewritten
     }
 
@@ -158,7 +167,9 @@ impl Ctx<'_, '_> {
         };
         self.ensure_prepared(&stmt, out);
         build_bind(out, portal, &Statement::server_name(stmt.id), rest);
-        self.client.tracker.push(Expect::Reply(Kind::Bind { stmt: Some(stmt.id) }));
+        self.client.tracker.push(Expect::Reply(Kind::Bind {
+            stmt: Some(stmt.id),
+        }));
         Handled::Rewritten
     }
 
@@ -231,9 +242,7 @@ impl Ctx<'_, '_> {
 
     /// Apply `pool.session_state` to a statement; Some(error) when it must be refused.
     fn session_effect(&mut self, sql: &str) -> Option<PgError> {
-        let Effect::SessionState(what) = classify(sql, self.rules.extra) else {
-            return None;
-        };
+        let what = session_state(sql, self.rules.extra)?;
         match self.rules.policy {
             SessionStatePolicy::Allow => None,
             SessionStatePolicy::Pin => {
@@ -271,8 +280,14 @@ impl Ctx<'_, '_> {
         if !stmt.is_retired() {
             return Some(stmt);
         }
-        let fresh = self.rules.registry.statement(&stmt.query, &stmt.param_types).ok()?;
-        self.client.statements.insert(name.to_string(), fresh.clone());
+        let fresh = self
+            .rules
+            .registry
+            .statement(&stmt.query, &stmt.param_types)
+            .ok()?;
+        self.client
+            .statements
+            .insert(name.to_string(), fresh.clone());
         Some(fresh)
     }
 
@@ -283,7 +298,9 @@ impl Ctx<'_, '_> {
         }
         self.close_evicted(stmt.id, out);
         stmt.write_parse(out);
-        self.client.tracker.push(Expect::Own(Kind::Parse { stmt: Some(stmt.id) }));
+        self.client.tracker.push(Expect::Own(Kind::Parse {
+            stmt: Some(stmt.id),
+        }));
     }
 
     /// Note `id` as prepared on the backend, closing what falls out of its LRU.
@@ -303,10 +320,13 @@ fn raise_sql(message: &str) -> String {
 }
 
 fn no_such_statement(name: &str) -> PgError {
-    PgError::error("26000", format!("prepared statement \"{name}\" does not exist"))
+    PgError::error(
+        "26000",
+        format!("prepared statement \"{name}\" does not exist"),
+    )
 }
 
-fn registry_full(limit: usize) -> PgError {
+pub fn registry_full(limit: usize) -> PgError {
     PgError::error(
         "53200",
         format!(
@@ -319,5 +339,8 @@ fn registry_full(limit: usize) -> PgError {
 
 /// Is this error a stale plan after DDL, which re-preparing the statement cures?
 pub fn is_stale_plan(err: &PgError) -> bool {
-    err.code == "0A000" && err.message.contains("cached plan must not change result type")
+    err.code == "0A000"
+        && err
+            .message
+            .contains("cached plan must not change result type")
 }

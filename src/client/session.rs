@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::local::{self, Local};
 use super::pump::{self, ClientSide, Ended, READ_SIZE};
 use super::rewrite::{ClientState, Rules};
 use super::transaction::TxState;
@@ -64,6 +65,11 @@ impl Session {
     /// Transaction mode: a backend from the first message of a transaction to its end.
     pub async fn run_transaction_mode(mut self) {
         while self.next_message().await {
+            match self.answer_locally().await {
+                Some(true) => continue,
+                Some(false) => return,
+                None => {}
+            }
             let mut server = match self.bind().await {
                 Ok(server) => server,
                 Err(refusal) => {
@@ -74,7 +80,15 @@ impl Session {
                 }
             };
             let mut tx = TxState::default();
+            tracing::trace!(client = self.cancel.pid, server = server.id, "bound");
             let (end, owed) = self.forward(&mut server, &mut tx, true).await;
+            tracing::trace!(
+                client = self.cancel.pid,
+                server = server.id,
+                ?end,
+                ?tx,
+                "unbound"
+            );
             self.cancel.unbind();
             if let Ended::Released = end {
                 self.shared.pools.checkin(server);
@@ -87,7 +101,12 @@ impl Session {
         }
     }
 
-    async fn forward(&mut self, server: &mut ServerConn, tx: &mut TxState, release: bool) -> (Ended, BytesMut) {
+    async fn forward(
+        &mut self,
+        server: &mut ServerConn,
+        tx: &mut TxState,
+        release: bool,
+    ) -> (Ended, BytesMut) {
         let config = self.shared.config.load();
         let rules = Rules {
             registry: &self.shared.statements,
@@ -110,6 +129,33 @@ impl Session {
         }
         self.state.tracker.clear();
         ended
+    }
+
+    /// Answer a batch that needs no backend (see `local`). Some(true): answered; Some(false):
+    /// the client left; None: a backend is needed.
+    async fn answer_locally(&mut self) -> Option<bool> {
+        loop {
+            let config = self.shared.config.load();
+            let rules = Rules {
+                registry: &self.shared.statements,
+                policy: config.pool.session_state,
+                max_prepared: config.pool.max_prepared_statements,
+                extra: &self.extra_params,
+            };
+            let mut out = BytesMut::new();
+            match local::answer(&self.input, &mut self.state, &rules, &mut out) {
+                Local::Answered(n) => {
+                    self.input.advance(n);
+                    return Some(self.client.write_all(&out).await.is_ok());
+                }
+                Local::No => return None,
+                Local::NeedMore => {
+                    if !self.read_more().await {
+                        return Some(false);
+                    }
+                }
+            }
+        }
     }
 
     /// Wait until a whole message header is buffered. False when the client left.
@@ -186,7 +232,9 @@ impl Session {
                 )
                 .with_hint("Retry the transaction shortly; if this persists, the pool is too small for the load.")
             }
-            CheckoutError::Closed => PgError::fatal(code::ADMIN_SHUTDOWN, "sluice is shutting down"),
+            CheckoutError::Closed => {
+                PgError::fatal(code::ADMIN_SHUTDOWN, "sluice is shutting down")
+            }
             CheckoutError::Connect(e) => {
                 let mut err = e.to_client(&self.database);
                 err.severity = crate::protocol::error::Severity::Error;
@@ -355,7 +403,10 @@ async fn cleanup(mut server: ServerConn, tx: TxState, reset: bool) -> Option<Ser
         server.run_quiet("ROLLBACK", CLEANUP_TIMEOUT).await.ok()?;
     }
     if reset {
-        server.run_quiet("DISCARD ALL", CLEANUP_TIMEOUT).await.ok()?;
+        server
+            .run_quiet("DISCARD ALL", CLEANUP_TIMEOUT)
+            .await
+            .ok()?;
         server.statements.clear();
         let stale: Vec<String> = server
             .params

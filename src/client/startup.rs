@@ -31,10 +31,17 @@ pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, OpeningErro
         let packet = read_packet(stream).await?;
         match startup::parse(&packet) {
             Ok(StartupPacket::Ssl) | Ok(StartupPacket::GssEnc) => {
-                stream.write_all(b"N").await.map_err(|_| OpeningError::Gone)?;
+                stream
+                    .write_all(b"N")
+                    .await
+                    .map_err(|_| OpeningError::Gone)?;
             }
-            Ok(StartupPacket::Cancel { pid, secret }) => return Ok(Opening::Cancel { pid, secret }),
-            Ok(StartupPacket::Startup { minor, params }) => return Ok(Opening::Startup { minor, params }),
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                return Ok(Opening::Cancel { pid, secret })
+            }
+            Ok(StartupPacket::Startup { minor, params }) => {
+                return Ok(Opening::Startup { minor, params })
+            }
             Err(reason) => return Err(violation(reason)),
         }
     }
@@ -42,7 +49,10 @@ pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, OpeningErro
 
 async fn read_packet(stream: &mut TcpStream) -> Result<Vec<u8>, OpeningError> {
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.map_err(|_| OpeningError::Gone)?;
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|_| OpeningError::Gone)?;
     let total = match startup::packet_len(&len) {
         Some(Ok(total)) => total,
         Some(Err(reason)) => return Err(violation(reason)),

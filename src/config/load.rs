@@ -10,7 +10,9 @@ use toml::{Table, Value};
 
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
-    Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode, User, SessionStatePolicy};
+    Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode,
+    SessionStatePolicy, User,
+};
 use crate::auth::Secret;
 
 const TOP: &[&str] = &["listen", "auth", "limits", "pool", "databases"];
@@ -160,7 +162,10 @@ fn parse_limits(s: &Section) -> Result<Limits, ConfigError> {
         login_timeout: s.duration("login_timeout", false)?.unwrap_or(secs(15)),
         prepared_statement_memory: match s.size("prepared_statement_memory")? {
             Some(n) if n < 1024 => {
-                return Err(s.err("prepared_statement_memory", format!("must be at least 1kB (got {n} bytes)")))
+                return Err(s.err(
+                    "prepared_statement_memory",
+                    format!("must be at least 1kB (got {n} bytes)"),
+                ))
             }
             other => other.unwrap_or(64 << 20),
         },
@@ -187,7 +192,9 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
         connect_timeout: s.duration("connect_timeout", false)?.unwrap_or(secs(5)),
         track_extra_params,
         max_prepared_statements: s.count("max_prepared_statements", 1)?.unwrap_or(200),
-        session_state: s.session_state("session_state")?.unwrap_or(SessionStatePolicy::Pin),
+        session_state: s
+            .session_state("session_state")?
+            .unwrap_or(SessionStatePolicy::Pin),
     })
 }
 

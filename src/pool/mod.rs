@@ -93,7 +93,11 @@ impl PoolSet {
 
     /// Get a backend for `pool`: an idle one, a new one if every cap allows, or the next one
     /// to come free before `deadline`.
-    pub async fn checkout(&self, pool: PoolId, deadline: Instant) -> Result<ServerConn, CheckoutError> {
+    pub async fn checkout(
+        &self,
+        pool: PoolId,
+        deadline: Instant,
+    ) -> Result<ServerConn, CheckoutError> {
         loop {
             let server = match self.try_take(pool, deadline) {
                 Take::Idle(server) => server,

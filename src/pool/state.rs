@@ -13,12 +13,15 @@ use crate::params::Params;
 use crate::server::{ConnectTarget, ServerConn};
 
 /// What a waiter receives: a backend ready to use, or capacity to connect one.
+// Moved once per hand-off; boxing the backend would cost an allocation per checkout.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Grant {
     Server(ServerConn),
     Slot(Slot),
 }
 
 /// What `take` decided.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Take {
     Idle(ServerConn),
     Connect(Slot),
@@ -105,7 +108,8 @@ impl State {
             waiters: VecDeque::new(),
             server_params: None,
         });
-        self.index.insert((database.to_string(), user.to_string()), id);
+        self.index
+            .insert((database.to_string(), user.to_string()), id);
         id
     }
 
@@ -182,7 +186,9 @@ impl State {
         let (tx, rx) = oneshot::channel();
         self.next_waiter += 1;
         let id = self.next_waiter;
-        self.pools[pool].waiters.push_back(Waiter { id, since: now, tx });
+        self.pools[pool]
+            .waiters
+            .push_back(Waiter { id, since: now, tx });
         Take::Wait(id, rx)
     }
 
@@ -236,7 +242,10 @@ impl State {
     pub(super) fn checkin(&mut self, server: ServerConn) -> Option<ServerConn> {
         let pool = server.pool_id();
         let p = &mut self.pools[pool];
-        if self.closed || p.open > p.settings.size || server.expired(Instant::now(), p.settings.lifetime) {
+        if self.closed
+            || p.open > p.settings.size
+            || server.expired(Instant::now(), p.settings.lifetime)
+        {
             return Some(server);
         }
         let mut server = server;
@@ -324,7 +333,10 @@ impl State {
             return warm;
         }
         for pool in 0..self.pools.len() {
-            let floor = self.pools[pool].settings.min_size.min(self.pools[pool].settings.size);
+            let floor = self.pools[pool]
+                .settings
+                .min_size
+                .min(self.pools[pool].settings.size);
             while self.pools[pool].open < floor {
                 match self.reserve(pool, set) {
                     Some(slot) => warm.push((pool, slot)),
@@ -340,6 +352,9 @@ impl State {
         for p in &mut self.pools {
             p.waiters.clear();
         }
-        self.pools.iter_mut().flat_map(|p| p.idle.drain(..)).collect()
+        self.pools
+            .iter_mut()
+            .flat_map(|p| p.idle.drain(..))
+            .collect()
     }
 }

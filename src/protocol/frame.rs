@@ -135,14 +135,20 @@ mod tests {
     fn streaming_frames_pass_in_pieces() {
         let f = frame(b'd', &[7u8; 100]);
         let mut w = FrameWalker::new(0);
-        assert_eq!(w.step(&f[..40], |_| false), Step::Start { tag: b'd', len: 40 });
+        assert_eq!(
+            w.step(&f[..40], |_| false),
+            Step::Start { tag: b'd', len: 40 }
+        );
         assert!(!w.at_boundary());
         assert_eq!(w.step(&f[40..70], |_| false), Step::Continue { len: 30 });
         let mut rest = f[70..].to_vec();
         rest.extend(frame(b'c', b""));
         assert_eq!(w.step(&rest, |_| false), Step::Continue { len: 35 });
         assert!(w.at_boundary());
-        assert_eq!(w.step(&rest[35..], |_| false), Step::Start { tag: b'c', len: 5 });
+        assert_eq!(
+            w.step(&rest[35..], |_| false),
+            Step::Start { tag: b'c', len: 5 }
+        );
     }
 
     #[test]

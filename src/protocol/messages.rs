@@ -195,7 +195,10 @@ mod tests {
         let mut out = BytesMut::new();
         parameter_status(&mut out, "TimeZone", "UTC");
         assert_eq!(header(&out), Some((b'S', out.len())));
-        assert_eq!(parse_parameter_status(body(&out)), Some(("TimeZone", "UTC")));
+        assert_eq!(
+            parse_parameter_status(body(&out)),
+            Some(("TimeZone", "UTC"))
+        );
     }
 
     #[test]

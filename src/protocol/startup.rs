@@ -138,6 +138,8 @@ mod tests {
         assert!(matches!(packet_len(&[0, 1, 0, 0]), Some(Err(_))));
         let mut v2 = 8u32.to_be_bytes().to_vec();
         v2.extend(0x0002_0000u32.to_be_bytes());
-        assert!(parse(&v2).unwrap_err().contains("unsupported frontend protocol 2.0"));
+        assert!(parse(&v2)
+            .unwrap_err()
+            .contains("unsupported frontend protocol 2.0"));
     }
 }

@@ -19,14 +19,19 @@ pub struct SaltedPasswords {
 
 impl SaltedPasswords {
     pub async fn get(&self, password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
-        let key: Key = (Sha256::digest(password.as_bytes()).into(), salt.to_vec(), iterations);
+        let key: Key = (
+            Sha256::digest(password.as_bytes()).into(),
+            salt.to_vec(),
+            iterations,
+        );
         if let Some(hit) = self.cache.lock().unwrap().get(&key) {
             return *hit;
         }
         let (pw, s) = (password.to_string(), salt.to_vec());
-        let salted = tokio::task::spawn_blocking(move || scram::salted_password(&pw, &s, iterations))
-            .await
-            .expect("PBKDF2 task panicked");
+        let salted =
+            tokio::task::spawn_blocking(move || scram::salted_password(&pw, &s, iterations))
+                .await
+                .expect("PBKDF2 task panicked");
         self.cache.lock().unwrap().insert(key, salted);
         salted
     }

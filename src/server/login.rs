@@ -61,8 +61,8 @@ async fn answer_auth(
     salted: &SaltedPasswords,
     scram_client: &mut Option<scram::ScramClient>,
 ) -> Result<Option<BytesMut>, ServerError> {
-    let (code, data) =
-        parse_auth_request(body).ok_or_else(|| ServerError::Login("malformed authentication request".into()))?;
+    let (code, data) = parse_auth_request(body)
+        .ok_or_else(|| ServerError::Login("malformed authentication request".into()))?;
     let mut out = BytesMut::new();
     match code {
         auth_code::OK => return Ok(None),
@@ -84,7 +84,9 @@ async fn answer_auth(
         }
         auth_code::SASL => {
             if !sasl_mechanisms(data).any(|m| m == scram::MECHANISM) {
-                return Err(ServerError::Login("server offers no SASL mechanism sluice speaks".into()));
+                return Err(ServerError::Login(
+                    "server offers no SASL mechanism sluice speaks".into(),
+                ));
             }
             plain_password(target, "scram-sha-256")?;
             let client = scram::ScramClient::new();
@@ -92,14 +94,18 @@ async fn answer_auth(
             *scram_client = Some(client);
         }
         auth_code::SASL_CONTINUE => {
-            let client = scram_client.as_mut().ok_or_else(|| ServerError::Login("SASL out of order".into()))?;
+            let client = scram_client
+                .as_mut()
+                .ok_or_else(|| ServerError::Login("SASL out of order".into()))?;
             let (salt, iterations) = client.server_first(data).map_err(scram_failed)?;
             let password = plain_password(target, "scram-sha-256")?;
             let salted_password = salted.get(password, &salt, iterations).await;
             messages::sasl_response(&mut out, &client.client_final(&salted_password));
         }
         auth_code::SASL_FINAL => {
-            let client = scram_client.as_ref().ok_or_else(|| ServerError::Login("SASL out of order".into()))?;
+            let client = scram_client
+                .as_ref()
+                .ok_or_else(|| ServerError::Login("SASL out of order".into()))?;
             client.server_final(data).map_err(scram_failed)?;
             return Ok(None);
         }

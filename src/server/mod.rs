@@ -75,7 +75,9 @@ impl ServerError {
             ServerError::Rejected(e) => e.clone(),
             other => PgError::fatal(
                 code::CONNECTION_FAILURE,
-                format!("sluice could not connect to the server for database \"{database}\": {other}"),
+                format!(
+                    "sluice could not connect to the server for database \"{database}\": {other}"
+                ),
             ),
         }
     }

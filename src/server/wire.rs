@@ -13,7 +13,10 @@ use crate::protocol::messages::{parse_parameter_status, tag};
 const MAX_FRAME: usize = 1 << 20;
 
 /// Read one whole frame (header included), buffering in `buf`.
-pub(super) async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<BytesMut> {
+pub(super) async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> std::io::Result<BytesMut> {
     loop {
         if let Some((_, total)) = header(buf) {
             if total == 0 || total > MAX_FRAME {
