@@ -7,7 +7,7 @@ use toml::Value;
 
 use super::load::{join_key, toml_key};
 use super::units::{format_duration, format_size};
-use super::{AuthType, Config, PoolMode, SessionStatePolicy};
+use super::{AuthType, Config, PoolMode, QueuePolicy, SessionStatePolicy};
 use crate::auth::Secret;
 
 /// Render `config` as TOML text (it parses as TOML; users appear as `password_kind`).
@@ -65,6 +65,12 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
         "prepared_statement_memory",
         string(&format_size(limits.prepared_statement_memory)),
     );
+    out.kv("connection_rate", limits.connection_rate.to_string());
+    out.kv("connection_burst", limits.connection_burst.to_string());
+    out.kv(
+        "auth_failures_per_minute",
+        limits.auth_failures_per_minute.to_string(),
+    );
     let pool = &config.pool;
     out.header("pool");
     out.kv("mode", string(mode(pool.mode)));
@@ -95,6 +101,21 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
         SessionStatePolicy::Allow => "allow",
     };
     out.kv("session_state", string(policy));
+    out.kv("max_waiting", pool.max_waiting.to_string());
+    let queue = match pool.queue {
+        QueuePolicy::Fifo => "fifo",
+        QueuePolicy::Codel => "codel",
+    };
+    out.kv("queue", string(queue));
+    for (key, d) in [
+        ("codel_interval", pool.codel_interval),
+        ("codel_target", pool.codel_target),
+        ("idle_transaction_timeout", pool.idle_transaction_timeout),
+        ("query_timeout", pool.query_timeout),
+        ("client_idle_timeout", pool.client_idle_timeout),
+    ] {
+        out.kv(key, string(&format_duration(d)));
+    }
 }
 
 fn databases(out: &mut Out, config: &Config) {
@@ -123,6 +144,16 @@ fn databases(out: &mut Out, config: &Config) {
         };
         let mode = mode(db.mode.unwrap_or(config.pool.mode));
         out.kv("mode", format!("{}{inherited}", string(mode)));
+        optional(out, "max_client_connections", db.max_client_connections);
+        out.kv("adaptive", db.adaptive.to_string());
+        out.kv("adaptive_min", db.adaptive_min.to_string());
+    }
+}
+
+fn optional(out: &mut Out, key: &str, value: Option<usize>) {
+    match value {
+        Some(n) => out.kv(key, n.to_string()),
+        None => out.line(&format!("# {key}: not set")),
     }
 }
 
@@ -147,6 +178,9 @@ fn users(out: &mut Out, config: &Config) {
             Some(n) => out.kv("pool_size", n.to_string()),
             None => out.line("# pool_size: not set (the database's pool_size applies)"),
         }
+        optional(out, "max_client_connections", user.max_client_connections);
+        out.kv("weight", user.weight.to_string());
+        out.kv("reserve", user.reserve.to_string());
     }
 }
 

@@ -11,7 +11,7 @@ use toml::{Table, Value};
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
     Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode,
-    SessionStatePolicy, User,
+    QueuePolicy, SessionStatePolicy, User,
 };
 use crate::auth::Secret;
 
@@ -24,6 +24,9 @@ const LIMITS: &[&str] = &[
     "max_message_size",
     "login_timeout",
     "prepared_statement_memory",
+    "connection_rate",
+    "connection_burst",
+    "auth_failures_per_minute",
 ];
 const POOL: &[&str] = &[
     "mode",
@@ -36,6 +39,13 @@ const POOL: &[&str] = &[
     "track_extra_params",
     "max_prepared_statements",
     "session_state",
+    "max_waiting",
+    "queue",
+    "codel_interval",
+    "codel_target",
+    "idle_transaction_timeout",
+    "query_timeout",
+    "client_idle_timeout",
 ];
 const DATABASE: &[&str] = &[
     "host",
@@ -44,9 +54,18 @@ const DATABASE: &[&str] = &[
     "pool_size",
     "max_connections",
     "mode",
+    "max_client_connections",
+    "adaptive",
+    "adaptive_min",
 ];
 const USERS_TOP: &[&str] = &["users"];
-const USER: &[&str] = &["password", "pool_size"];
+const USER: &[&str] = &[
+    "password",
+    "pool_size",
+    "max_client_connections",
+    "weight",
+    "reserve",
+];
 /// The fixed sections, for hinting at the right home of a key put in the wrong table.
 const SECTIONS: &[(&str, &[&str])] = &[
     ("listen", LISTEN),
@@ -169,6 +188,9 @@ fn parse_limits(s: &Section) -> Result<Limits, ConfigError> {
             }
             other => other.unwrap_or(64 << 20),
         },
+        connection_rate: s.count("connection_rate", 0)?.unwrap_or(0) as u32,
+        connection_burst: s.count("connection_burst", 0)?.unwrap_or(0) as u32,
+        auth_failures_per_minute: s.count("auth_failures_per_minute", 0)?.unwrap_or(30) as u32,
     })
 }
 
@@ -195,6 +217,21 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
         session_state: s
             .session_state("session_state")?
             .unwrap_or(SessionStatePolicy::Pin),
+        max_waiting: s.count("max_waiting", 0)?.unwrap_or(1000),
+        queue: s.queue("queue")?.unwrap_or(QueuePolicy::Fifo),
+        codel_interval: s
+            .duration("codel_interval", false)?
+            .unwrap_or(Duration::from_millis(100)),
+        codel_target: s
+            .duration("codel_target", false)?
+            .unwrap_or(Duration::from_millis(5)),
+        idle_transaction_timeout: s
+            .duration("idle_transaction_timeout", true)?
+            .unwrap_or(Duration::ZERO),
+        query_timeout: s.duration("query_timeout", true)?.unwrap_or(Duration::ZERO),
+        client_idle_timeout: s
+            .duration("client_idle_timeout", true)?
+            .unwrap_or(Duration::ZERO),
     })
 }
 
@@ -232,6 +269,9 @@ fn parse_database(s: &Section, name: &str) -> Result<Database, ConfigError> {
         pool_size: s.count("pool_size", 1)?,
         max_connections: s.count("max_connections", 1)?,
         mode: s.mode("mode")?,
+        max_client_connections: s.count("max_client_connections", 1)?,
+        adaptive: s.boolean("adaptive")?.unwrap_or(false),
+        adaptive_min: s.count("adaptive_min", 1)?.unwrap_or(1),
     })
 }
 
@@ -250,14 +290,14 @@ fn parse_users(text: &str, file: &Path) -> Result<BTreeMap<String, User>, Config
             Some("") => return Err(s.err("password", "must not be empty")),
             Some(text) => Secret::parse(text).map_err(|e| s.err("password", e))?,
         };
-        let pool_size = s.count("pool_size", 1)?;
-        users.insert(
-            name.clone(),
-            User {
-                password,
-                pool_size,
-            },
-        );
+        let user = User {
+            password,
+            pool_size: s.count("pool_size", 1)?,
+            max_client_connections: s.count("max_client_connections", 1)?,
+            weight: s.count("weight", 1)?.unwrap_or(1),
+            reserve: s.count("reserve", 0)?.unwrap_or(0),
+        };
+        users.insert(name.clone(), user);
     }
     Ok(users)
 }
@@ -302,6 +342,54 @@ fn validate(config: &Config, pool_size_set: bool) -> Result<(), ConfigError> {
         if let Some(n) = user.pool_size.filter(|&n| n > cap) {
             let key = join_key(&join_key("users", name), "pool_size");
             return Err(over_cap(&config.auth.file, &key, n, ""));
+        }
+    }
+    validate_reserves(config)?;
+    validate_adaptive(config)
+}
+
+/// Reserved backends must fit in every cap they are carved from.
+fn validate_reserves(config: &Config) -> Result<(), ConfigError> {
+    let total: usize = config.users.values().map(|u| u.reserve).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let (name, _) = config
+        .users
+        .iter()
+        .find(|(_, u)| u.reserve > 0)
+        .expect("some reserve");
+    let key = join_key(&join_key("users", name), "reserve");
+    let mut caps = vec![(
+        "limits.max_server_connections".to_string(),
+        config.limits.max_server_connections,
+    )];
+    for (db, d) in &config.databases {
+        if let Some(max) = d.max_connections {
+            caps.push((join_key(&join_key("databases", db), "max_connections"), max));
+        }
+    }
+    for (cap_key, cap) in caps {
+        if total >= cap {
+            let reason = format!(
+                "reserves add up to {total}, which leaves nothing of {cap_key} ({cap}) for other users"
+            );
+            return Err(error(&config.auth.file, &key, reason));
+        }
+    }
+    Ok(())
+}
+
+fn validate_adaptive(config: &Config) -> Result<(), ConfigError> {
+    for (name, db) in &config.databases {
+        let size = db.pool_size.unwrap_or(config.pool.size);
+        if db.adaptive && db.adaptive_min > size {
+            let key = join_key(&join_key("databases", name), "adaptive_min");
+            let reason = format!(
+                "must not exceed the pool size ({} > {size})",
+                db.adaptive_min
+            );
+            return Err(error(&config.source, &key, reason));
         }
     }
     Ok(())
@@ -468,6 +556,26 @@ impl<'a> Section<'a> {
             Some("transaction") => Ok(Some(PoolMode::Transaction)),
             Some(other) => {
                 let reason = format!("must be \"session\" or \"transaction\" (got {other:?})");
+                Err(self.err(key, reason))
+            }
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.expected(key, "true or false", v)),
+        }
+    }
+
+    fn queue(&self, key: &str) -> Result<Option<QueuePolicy>, ConfigError> {
+        match self.string(key)? {
+            None => Ok(None),
+            Some("fifo") => Ok(Some(QueuePolicy::Fifo)),
+            Some("codel") => Ok(Some(QueuePolicy::Codel)),
+            Some(other) => {
+                let reason = format!("must be \"fifo\" or \"codel\" (got {other:?})");
                 Err(self.err(key, reason))
             }
         }

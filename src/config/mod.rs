@@ -105,6 +105,23 @@ pub struct Limits {
     pub login_timeout: Duration,
     /// Memory for the shared registry of prepared statements.
     pub prepared_statement_memory: usize,
+    /// New connections per second allowed per (user, database) and per client address;
+    /// 0 turns the limit off.
+    pub connection_rate: u32,
+    /// How many connections may arrive at once before the rate applies.
+    pub connection_burst: u32,
+    /// Failed logins per minute allowed per client address before it is refused at the door;
+    /// 0 turns the limit off.
+    pub auth_failures_per_minute: u32,
+}
+
+/// How a pool's waiting clients are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuePolicy {
+    /// Oldest first, each up to `queue_timeout`.
+    Fifo,
+    /// Controlled delay: under sustained queueing, newest first and old waiters shed.
+    Codel,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +138,17 @@ pub struct PoolDefaults {
     /// Prepared statements kept per backend in transaction mode (least recently used closed).
     pub max_prepared_statements: usize,
     pub session_state: SessionStatePolicy,
+    /// Clients allowed to wait per pool; beyond it, refused at once.
+    pub max_waiting: usize,
+    pub queue: QueuePolicy,
+    pub codel_interval: Duration,
+    pub codel_target: Duration,
+    /// A client idle inside a transaction this long is disconnected (0: never).
+    pub idle_transaction_timeout: Duration,
+    /// A statement running this long is cancelled (0: never).
+    pub query_timeout: Duration,
+    /// A client idle between transactions this long is disconnected (0: never).
+    pub client_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -133,12 +161,24 @@ pub struct Database {
     /// Cap over all users' pools of this database; None = only the global cap applies.
     pub max_connections: Option<usize>,
     pub mode: Option<PoolMode>,
+    /// Cap on clients connected to this database.
+    pub max_client_connections: Option<usize>,
+    /// Limit concurrent transactions by measured latency.
+    pub adaptive: bool,
+    /// The adaptive limit never goes below this.
+    pub adaptive_min: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct User {
     pub password: Secret,
     pub pool_size: Option<usize>,
+    /// Cap on this user's connected clients.
+    pub max_client_connections: Option<usize>,
+    /// Share of a saturated database's connections, relative to other users.
+    pub weight: usize,
+    /// Backends of each database kept for this user alone.
+    pub reserve: usize,
 }
 
 impl Config {
