@@ -75,7 +75,7 @@ async fn storm(p: &TestProxy, user: &str, clients: usize, rounds: usize) -> usiz
             let c = match connect_with(cfg).await {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("connect failed: {e}");
+                    eprintln!("connect failed: {e} {}", message(&e));
                     failures.fetch_add(rounds, Ordering::Relaxed);
                     return;
                 }
@@ -125,6 +125,9 @@ async fn two_hundred_clients_share_a_pool_of_five_without_exceeding_it() {
         .user_secret(&user, PASSWORD)
         .pool("size = 5")
         .pool("queue_timeout = \"60s\"")
+        // The point is the bound, not login speed on a machine other tests keep busy.
+        .pool("connect_timeout = \"30s\"")
+        .limits("login_timeout = \"60s\"")
         .start()
         .await;
     let sampler = Sampler::start(&[&user]).await;

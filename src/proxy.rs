@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admitted, Door, Refusal};
 use crate::cancel::CancelRegistry;
 use crate::client::{self, ClientSecrets};
 use crate::config::Config;
@@ -28,6 +29,7 @@ pub struct Shared {
     pub pools: Arc<PoolSet>,
     pub cancels: CancelRegistry,
     pub secrets: ClientSecrets,
+    pub door: Arc<Door>,
     /// Prepared statements shared by every client, for transaction mode.
     pub statements: Registry,
     /// Connections accepted and not yet closed.
@@ -38,32 +40,50 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The door: refuse a new client when the client cap is reached (this connection is
-    /// already counted), before any work is done for it.
-    pub fn admit(&self) -> Result<(), PgError> {
-        let config = self.config.load();
+    /// The door: refuse a new client when a client cap or rate is reached (this connection
+    /// is already counted), before any work is done for it. Admin users always get in.
+    pub fn admit(
+        &self,
+        config: &Config,
+        peer: std::net::IpAddr,
+        database: &str,
+        user: &str,
+    ) -> Result<Admitted, PgError> {
+        let admin = config.auth.admin_users.iter().any(|a| a == user);
+        if !admin {
+            self.check_client_cap(config)?;
+        }
+        self.door.enter(config, peer, database, user)
+    }
+
+    fn check_client_cap(&self, config: &Config) -> Result<(), PgError> {
         let cap = config
             .limits
             .max_client_connections
             .min(self.fd_client_budget);
-        let now = self.clients.load(Ordering::Relaxed);
-        if now > cap {
-            let limit = if cap == config.limits.max_client_connections {
-                format!("limits.max_client_connections ({cap})")
-            } else {
-                format!("the open-file limit (room for {cap} clients)")
-            };
-            return Err(PgError::fatal(
-                code::TOO_MANY_CONNECTIONS,
-                format!("sorry, too many clients already: {limit} reached"),
-            )
-            .with_hint("Retry with backoff; sluice is at its client connection cap."));
+        if self.clients.load(Ordering::Relaxed) <= cap {
+            return Ok(());
         }
-        Ok(())
+        let limit = if cap == config.limits.max_client_connections {
+            format!("limits.max_client_connections ({cap})")
+        } else {
+            format!("the open-file limit (room for {cap} clients)")
+        };
+        let err = PgError::fatal(
+            code::TOO_MANY_CONNECTIONS,
+            format!("sorry, too many clients already: {limit} reached"),
+        )
+        .with_hint("Retry with backoff; sluice is at its client connection cap.");
+        Err(self.door.refuse(Refusal::ClientCap, err))
     }
 
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Clients logged in (or logging in), not counting refused connections on their way out.
+    fn sessions(&self) -> usize {
+        self.door.admitted()
     }
 }
 
@@ -79,7 +99,15 @@ impl Drop for ClientCount {
 /// The settings of the (database, user) pool under `config`.
 pub fn pool_settings(config: &Config, database: &str, user: &str) -> PoolSettings {
     let db = &config.databases[database];
+    let u = config.users.get(user);
     PoolSettings {
+        max_waiting: config.pool.max_waiting,
+        queue: config.pool.queue,
+        codel_interval: config.pool.codel_interval,
+        codel_target: config.pool.codel_target,
+        weight: u.map_or(1, |u| u.weight),
+        reserve: u.map_or(0, |u| u.reserve),
+        adaptive_min: db.adaptive.then_some(db.adaptive_min),
         size: config.pool_size(database, user),
         min_size: config.pool.min_size,
         lifetime: config.pool.server_lifetime,
@@ -94,6 +122,16 @@ pub fn pool_settings(config: &Config, database: &str, user: &str) -> PoolSetting
             connect_timeout: config.pool.connect_timeout,
         },
     }
+}
+
+/// Users with reserved backends, from the users file.
+pub fn reserves(config: &Config) -> Vec<(String, usize)> {
+    config
+        .users
+        .iter()
+        .filter(|(_, u)| u.reserve > 0)
+        .map(|(name, u)| (name.clone(), u.reserve))
+        .collect()
 }
 
 /// A running proxy.
@@ -120,19 +158,23 @@ impl Proxy {
             );
         }
         let pools = PoolSet::new(config.limits.max_server_connections);
+        pools.set_reserves(reserves(&config));
         let statements = Registry::new(config.limits.prepared_statement_memory);
+        let door = Arc::new(Door::new(&config));
         pools.spawn_maintenance();
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             pools,
             cancels: CancelRegistry::default(),
             secrets: ClientSecrets::default(),
+            door,
             statements,
             clients: AtomicUsize::new(0),
             fd_client_budget,
             shutdown: CancellationToken::new(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        spawn_tidying(&shared);
         tracing::info!(%addr, "sluice listening");
         Ok(Proxy {
             shared,
@@ -149,16 +191,33 @@ impl Proxy {
         &self.shared
     }
 
-    /// Stop accepting, close idle backends, and wait up to `grace` for clients to finish.
+    /// Drain: refuse new clients with 57P03 while sessions finish, for up to `grace`; then
+    /// stop accepting and close every backend.
     pub async fn shutdown(self, grace: Duration) {
+        self.shared.door.start_draining();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.shared.shutdown.cancel();
         let _ = self.accept.await;
         self.shared.pools.close();
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.shared.client_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
+}
+
+/// Forget rate-limit state of keys not seen lately, every ten seconds, until shutdown.
+fn spawn_tidying(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(shared) if !shared.shutdown.is_cancelled() => shared.door.tidy(),
+                _ => return,
+            }
+        }
+    });
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

@@ -66,7 +66,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Codel::new(100 * MS, 5 * MS, t0);
         c.served(40 * MS, t0 + 10 * MS, None);
-        c.served(0 * MS, t0 + 50 * MS, None);
+        c.served(Duration::ZERO, t0 + 50 * MS, None);
         c.roll(t0 + 101 * MS, None);
         assert!(!c.overloaded(), "someone got through at once");
     }

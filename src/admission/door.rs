@@ -244,6 +244,11 @@ impl Door {
             .collect()
     }
 
+    /// Clients admitted and not yet gone.
+    pub fn admitted(&self) -> usize {
+        self.counts.lock().unwrap().users.values().sum()
+    }
+
     /// Refuse every new client with 57P03 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);

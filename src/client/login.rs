@@ -3,7 +3,9 @@
 //! own message, so the answer never tells which users exist.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
 
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
@@ -21,24 +23,29 @@ use crate::protocol::messages::{self, auth_code, ftag, parse_sasl_initial_respon
 const MAX_AUTH_MESSAGE: usize = 8192;
 
 /// SCRAM secrets derived from plain-text passwords, made once per password on the blocking
-/// pool so that logins after the first cost no PBKDF2.
+/// pool so that logins after the first cost no PBKDF2. Concurrent first logins wait for the
+/// one derivation instead of each running their own.
 #[derive(Default)]
 pub struct ClientSecrets {
-    cache: Mutex<HashMap<(String, [u8; 32]), ScramSecret>>,
+    cache: Mutex<HashMap<SecretKey, Arc<OnceCell<ScramSecret>>>>,
 }
+
+/// A user and a digest of the password its secret was derived from.
+type SecretKey = (String, [u8; 32]);
 
 impl ClientSecrets {
     async fn scram_for(&self, user: &str, password: &str) -> ScramSecret {
         let key = (user.to_string(), Sha256::digest(password.as_bytes()).into());
-        if let Some(hit) = self.cache.lock().unwrap().get(&key) {
-            return hit.clone();
-        }
-        let pw = password.to_string();
-        let secret = tokio::task::spawn_blocking(move || ScramSecret::generate(&pw))
-            .await
-            .expect("PBKDF2 task panicked");
-        self.cache.lock().unwrap().insert(key, secret.clone());
-        secret
+        let cell = self.cache.lock().unwrap().entry(key).or_default().clone();
+        let secret = cell
+            .get_or_init(|| async {
+                let pw = password.to_string();
+                tokio::task::spawn_blocking(move || ScramSecret::generate(&pw))
+                    .await
+                    .expect("PBKDF2 task panicked")
+            })
+            .await;
+        secret.clone()
     }
 }
 

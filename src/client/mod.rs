@@ -13,6 +13,7 @@ mod transaction;
 
 pub use login::ClientSecrets;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::admission::Admitted;
 use crate::cancel::send_cancel;
 use crate::config::{Config, PoolMode};
 use crate::params::{self, Params};
@@ -35,9 +37,12 @@ use startup::{Opening, OpeningError};
 
 /// Serve one accepted connection to the end.
 pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
     let registered = shared.cancels.register();
     let login_timeout = shared.config.load().limits.login_timeout;
-    let opened = tokio::time::timeout(login_timeout, open(&mut stream, &shared)).await;
+    let opened = tokio::time::timeout(login_timeout, open(&mut stream, &shared, peer.ip())).await;
     let (startup, server) = match opened {
         Ok(Ok(Some(ok))) => ok,
         Ok(Ok(None)) | Ok(Err(None)) => return,
@@ -69,6 +74,7 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         extra_params: startup.extra_params,
         cancel,
         state: Default::default(),
+        _admitted: startup.admitted,
     };
     match server {
         Some(server) => session.run_session_mode(server).await,
@@ -92,12 +98,15 @@ struct Startup {
     extra_params: Vec<String>,
     /// What the pool's backends report at login.
     reported: Arc<Params>,
+    /// This client's place under its database's and user's client caps.
+    admitted: Admitted,
 }
 
 /// Ok(None): nothing more to do (a cancel request). Err(None): the client left.
 async fn open(
     stream: &mut TcpStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    peer: IpAddr,
 ) -> Result<Option<(Startup, Option<ServerConn>)>, Option<PgError>> {
     let (minor, startup) = match startup::read_opening(stream).await {
         Ok(Opening::Cancel { pid, secret }) => {
@@ -127,18 +136,23 @@ async fn open(
     if minor > 0 {
         negotiate(stream, &startup).await.map_err(|_| None)?;
     }
-    shared.admit()?;
+    let admitted = shared.admit(&config, peer, &database, &user)?;
     let secret = config.users.get(&user).map(|u| &u.password);
     login::authenticate(stream, &user, config.auth.kind, secret, &shared.secrets)
         .await
         .map_err(|e| match e {
             LoginError::Gone => None,
-            LoginError::Refuse(e) => Some(e),
+            LoginError::Refuse(e) => {
+                if e.code == code::INVALID_PASSWORD {
+                    shared.door.auth_failed(peer);
+                }
+                Some(e)
+            }
         })?;
     let mut ok = BytesMut::new();
     messages::auth_ok(&mut ok);
     stream.write_all(&ok).await.map_err(|_| None)?;
-    let chosen = choose_pool(shared, &config, &database, &user, &startup).await?;
+    let chosen = choose_pool(shared, &config, &database, &user, &startup, admitted).await?;
     Ok(Some(chosen))
 }
 
@@ -168,6 +182,7 @@ async fn choose_pool(
     database: &str,
     user: &str,
     startup: &[(String, String)],
+    admitted: Admitted,
 ) -> Result<(Startup, Option<ServerConn>), Option<PgError>> {
     if !config.databases.contains_key(database) {
         return Err(Some(PgError::fatal(
@@ -215,6 +230,7 @@ async fn choose_pool(
         params,
         extra_params,
         reported,
+        admitted,
     };
     Ok((startup, server))
 }

@@ -17,7 +17,7 @@ use super::transaction::TxState;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::{self, Params};
-use crate::pool::{CheckoutError, PoolId};
+use crate::pool::{CheckoutError, PoolId, Shed};
 use crate::protocol::error::{code, PgError};
 use crate::protocol::frame::{header, FrameWalker, Step};
 use crate::protocol::messages::{self, ftag};
@@ -42,6 +42,8 @@ pub struct Session {
     pub cancel: Arc<CancelSlot>,
     /// Prepared statements and pinning, for transaction mode.
     pub state: ClientState,
+    /// Held for the session: the client's place under its client caps.
+    pub _admitted: crate::admission::Admitted,
 }
 
 impl Session {
@@ -217,7 +219,26 @@ impl Session {
 
     fn refusal(&self, e: CheckoutError, queue_timeout: Duration) -> PgError {
         match e {
-            CheckoutError::QueueTimeout => {
+            CheckoutError::Shed(Shed::QueueFull) => {
+                let stats = self.shared.pools.stats(self.pool);
+                PgError::error(
+                    code::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "pool \"{}/{}\" refused the transaction: {} clients already waiting (pool.max_waiting)",
+                        self.database, self.user, stats.waiting
+                    ),
+                )
+                .with_hint("Retry with backoff; the pool is overloaded.")
+            }
+            CheckoutError::Shed(Shed::Codel) => PgError::error(
+                code::TOO_MANY_CONNECTIONS,
+                format!(
+                    "pool \"{}/{}\" shed the transaction: the queue has been standing (pool.queue = \"codel\")",
+                    self.database, self.user
+                ),
+            )
+            .with_hint("Retry with backoff; the pool is overloaded."),
+            CheckoutError::Shed(Shed::QueueTimeout) => {
                 let stats = self.shared.pools.stats(self.pool);
                 PgError::error(
                     code::TOO_MANY_CONNECTIONS,
@@ -324,9 +345,16 @@ impl Session {
 /// A session-mode client that found no backend at login: FATAL, as PostgreSQL would refuse.
 pub fn login_refusal(e: CheckoutError, database: &str, user: &str) -> PgError {
     match e {
-        CheckoutError::QueueTimeout => PgError::fatal(
+        CheckoutError::Shed(why) => PgError::fatal(
             code::TOO_MANY_CONNECTIONS,
-            format!("no server connection free for pool \"{database}/{user}\" within pool.queue_timeout"),
+            format!(
+                "no server connection for pool \"{database}/{user}\" at login ({})",
+                match why {
+                    Shed::QueueTimeout => "pool.queue_timeout",
+                    Shed::QueueFull => "pool.max_waiting",
+                    Shed::Codel => "pool.queue = \"codel\"",
+                }
+            ),
         )
         .with_hint("Retry shortly; if this persists, the pool is too small for the load."),
         CheckoutError::Closed => PgError::fatal(code::ADMIN_SHUTDOWN, "sluice is shutting down"),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::config::QueuePolicy;
 use crate::params::Params;
 use crate::server::{ConnectTarget, SaltedPasswords, ServerConn, ServerError};
 use state::{Grant, State, Take};
@@ -35,13 +36,56 @@ pub struct PoolSettings {
     /// The database-wide cap, shared by every user's pool of that database.
     pub database_max: Option<usize>,
     pub target: ConnectTarget,
+    /// Clients allowed to wait; beyond it, refused at once.
+    pub max_waiting: usize,
+    pub queue: QueuePolicy,
+    pub codel_interval: Duration,
+    pub codel_target: Duration,
+    /// This pool's weight in its database's fair shares.
+    pub weight: usize,
+    /// Backends of the database kept for this pool alone.
+    pub reserve: usize,
+    /// The adaptive limit's floor, when the database uses one.
+    pub adaptive_min: Option<usize>,
+}
+
+/// Why a waiting client was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// `pool.max_waiting` clients were already waiting.
+    QueueFull,
+    /// Nothing came free before `pool.queue_timeout`.
+    QueueTimeout,
+    /// CoDel found the queue standing and this client too old to serve.
+    Codel,
+}
+
+impl Shed {
+    pub const ALL: [Shed; 3] = [Shed::QueueFull, Shed::QueueTimeout, Shed::Codel];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::QueueTimeout => "queue_timeout",
+            Shed::Codel => "codel",
+        }
+    }
+}
+
+/// Per-pool events counted for the metrics: sheds and the timeouts sessions enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Shed(Shed),
+    IdleTransactionTimeout,
+    QueryTimeout,
+    ClientIdleTimeout,
 }
 
 /// Why no backend was handed out.
 #[derive(Debug)]
 pub enum CheckoutError {
-    /// Nothing came free before the deadline.
-    QueueTimeout,
+    /// Refused by the queue: full, timed out, or shed by CoDel.
+    Shed(Shed),
     /// A new backend was needed and could not be connected.
     Connect(ServerError),
     /// sluice is shutting down.
@@ -58,6 +102,17 @@ pub struct PoolStats {
     pub open: usize,
     pub idle: usize,
     pub waiting: usize,
+    /// The adaptive limit on backends in use, when the database has one.
+    pub adaptive_limit: Option<usize>,
+    /// Whether CoDel currently finds the queue standing.
+    pub overloaded: bool,
+    /// Backends handed out.
+    pub checkouts: u64,
+    /// Sheds by reason, in `Shed::ALL` order.
+    pub shed: [u64; 3],
+    pub idle_transaction_timeouts: u64,
+    pub query_timeouts: u64,
+    pub client_idle_timeouts: u64,
 }
 
 pub struct PoolSet {
@@ -105,12 +160,14 @@ impl PoolSet {
                 Take::Wait(id, rx) => match self.wait(pool, id, rx, deadline).await? {
                     Grant::Server(server) => server,
                     Grant::Slot(slot) => self.connect(pool, slot).await?,
+                    Grant::Shed(why) => return Err(CheckoutError::Shed(why)),
                 },
-                Take::Timeout => return Err(CheckoutError::QueueTimeout),
+                Take::Shed(why) => return Err(CheckoutError::Shed(why)),
                 Take::Closed => return Err(CheckoutError::Closed),
             };
             let mut server = server;
             if server.check_idle() {
+                server.checked_out_at = Instant::now();
                 return Ok(server);
             }
             tracing::debug!(server = server.id, "idle backend went away; taking another");
@@ -135,9 +192,10 @@ impl PoolSet {
             Ok(Ok(grant)) => Ok(grant),
             Ok(Err(_)) => Err(CheckoutError::Closed),
             Err(_) => {
-                self.lock().forget_waiter(pool, id);
+                self.lock().forget_waiter(pool, id, true);
                 // A grant may have landed between the timeout and taking the lock.
-                rx.try_recv().map_err(|_| CheckoutError::QueueTimeout)
+                rx.try_recv()
+                    .map_err(|_| CheckoutError::Shed(Shed::QueueTimeout))
             }
         }
     }
@@ -156,8 +214,24 @@ impl PoolSet {
     /// Give a backend back. The caller vouches that it is idle, outside any transaction.
     pub fn checkin(&self, mut server: ServerConn) {
         server.last_used = Instant::now();
-        let doomed = self.lock().checkin(server);
+        let doomed = {
+            let mut st = self.lock();
+            let doomed = st.checkin(server);
+            // A shorter queue or a higher adaptive limit may let waiters connect now.
+            st.grant_freed(&self.me);
+            doomed
+        };
         drop(doomed);
+    }
+
+    /// Count an event against a pool.
+    pub fn count(&self, pool: PoolId, event: Event) {
+        self.lock().count_event(pool, event);
+    }
+
+    /// Users whose reserved backends every database keeps for them.
+    pub fn set_reserves(&self, reserves: Vec<(String, usize)>) {
+        self.lock().set_reserves(reserves);
     }
 
     /// Called by a dropped `Slot`: uncount it and hand the capacity to a waiter.
@@ -185,7 +259,12 @@ impl PoolSet {
     /// under their `min_size`. Run about once a second.
     pub fn maintain(self: &Arc<Self>) {
         let mut doomed = Vec::new();
-        let warm = self.lock().maintain(Instant::now(), &self.me, &mut doomed);
+        let warm = {
+            let mut st = self.lock();
+            let warm = st.maintain(Instant::now(), &self.me, &mut doomed);
+            st.grant_freed(&self.me);
+            warm
+        };
         drop(doomed);
         for (pool, slot) in warm {
             let set = self.clone();

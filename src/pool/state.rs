@@ -1,23 +1,28 @@
-//! Everything the pool lock guards: the counts at each level, idle backends, waiters. Plain
-//! synchronous code; the only I/O it may cause is dropping backends, which callers do after
-//! the lock is released (they collect them in a `doomed` list).
+//! Everything the pool lock guards: the counts at each level, idle backends, waiters, and the
+//! queue policies (CoDel, fair shares, reserves, the adaptive limit). Plain synchronous code;
+//! the only I/O it may cause is dropping backends, which callers do after the lock is released
+//! (they collect them in a `doomed` list).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{PoolId, PoolSet, PoolSettings, PoolStats, Slot};
+use super::{Event, PoolId, PoolSet, PoolSettings, PoolStats, Shed, Slot};
+use crate::admission::adaptive::Gradient;
+use crate::admission::codel::Codel;
+use crate::config::QueuePolicy;
 use crate::params::Params;
 use crate::server::{ConnectTarget, ServerConn};
 
-/// What a waiter receives: a backend ready to use, or capacity to connect one.
+/// What a waiter receives: a backend ready to use, capacity to connect one, or a refusal.
 // Moved once per hand-off; boxing the backend would cost an allocation per checkout.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Grant {
     Server(ServerConn),
     Slot(Slot),
+    Shed(Shed),
 }
 
 /// What `take` decided.
@@ -26,7 +31,7 @@ pub(super) enum Take {
     Idle(ServerConn),
     Connect(Slot),
     Wait(u64, oneshot::Receiver<Grant>),
-    Timeout,
+    Shed(Shed),
     Closed,
 }
 
@@ -48,6 +53,15 @@ impl Cap {
     }
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    checkouts: u64,
+    shed: [u64; 3],
+    idle_transaction_timeouts: u64,
+    query_timeouts: u64,
+    client_idle_timeouts: u64,
+}
+
 struct Pool {
     database: String,
     user: String,
@@ -59,6 +73,20 @@ struct Pool {
     idle: Vec<ServerConn>,
     waiters: VecDeque<Waiter>,
     server_params: Option<Arc<Params>>,
+    codel: Codel,
+    adaptive: Option<Gradient>,
+    counters: Counters,
+}
+
+impl Pool {
+    /// Backends connected or connecting and not idle: serving clients.
+    fn in_use(&self) -> usize {
+        self.open - self.idle.len()
+    }
+
+    fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+        self.waiters.front().map(|w| now.duration_since(w.since))
+    }
 }
 
 pub(super) struct State {
@@ -66,6 +94,8 @@ pub(super) struct State {
     dbs: Vec<(String, Cap)>,
     pools: Vec<Pool>,
     index: HashMap<(String, String), PoolId>,
+    /// Users with reserved backends in every database, and how many.
+    reserves: Vec<(String, usize)>,
     next_waiter: u64,
     closed: bool,
 }
@@ -80,9 +110,14 @@ impl State {
             dbs: Vec::new(),
             pools: Vec::new(),
             index: HashMap::new(),
+            reserves: Vec::new(),
             next_waiter: 0,
             closed: false,
         }
+    }
+
+    pub(super) fn set_reserves(&mut self, reserves: Vec<(String, usize)>) {
+        self.reserves = reserves;
     }
 
     pub(super) fn pool_for(
@@ -97,16 +132,22 @@ impl State {
         let settings = settings();
         let db = self.db_for(database, settings.database_max);
         let id = self.pools.len();
+        let now = Instant::now();
         self.pools.push(Pool {
             database: database.to_string(),
             user: user.to_string(),
             db,
             target: Arc::new(settings.target.clone()),
+            codel: Codel::new(settings.codel_interval, settings.codel_target, now),
+            adaptive: settings
+                .adaptive_min
+                .map(|min| Gradient::new(min, settings.size)),
             settings,
             open: 0,
             idle: Vec::new(),
             waiters: VecDeque::new(),
             server_params: None,
+            counters: Counters::default(),
         });
         self.index
             .insert((database.to_string(), user.to_string()), id);
@@ -122,10 +163,43 @@ impl State {
         self.dbs.len() - 1
     }
 
-    /// Can `pool` open one more backend under all three caps?
+    /// Can `pool` open one more backend under all three caps and others' reserves?
     fn can_open(&self, pool: PoolId) -> bool {
         let p = &self.pools[pool];
-        p.open < p.settings.size && !self.dbs[p.db].1.full() && !self.global.full()
+        if p.open >= p.settings.size || self.dbs[p.db].1.full() || self.global.full() {
+            return false;
+        }
+        self.reserves.is_empty() || !self.reserved_for_others(pool)
+    }
+
+    /// Would one more backend for `pool` eat into capacity another user has reserved?
+    fn reserved_for_others(&self, pool: PoolId) -> bool {
+        let p = &self.pools[pool];
+        let unused: usize = self
+            .reserves
+            .iter()
+            .filter(|(user, _)| *user != p.user)
+            .map(|(user, reserve)| {
+                let open = self
+                    .index
+                    .get(&(p.database.clone(), user.clone()))
+                    .map_or(0, |&q| self.pools[q].open);
+                reserve.saturating_sub(open)
+            })
+            .sum();
+        let db = &self.dbs[p.db].1;
+        let (open, max) = if db.max < usize::MAX {
+            (db.open, db.max)
+        } else {
+            (self.global.open, self.global.max)
+        };
+        open + unused >= max
+    }
+
+    /// May `pool` put one more backend to work under its adaptive limit?
+    fn may_use(&self, pool: PoolId) -> bool {
+        let p = &self.pools[pool];
+        p.adaptive.as_ref().is_none_or(|g| p.in_use() < g.limit())
     }
 
     fn count(&mut self, pool: PoolId) {
@@ -161,10 +235,43 @@ impl State {
             return Take::Closed;
         }
         let now = Instant::now();
+        self.shed_stale(pool, now);
+        // Waiters come first: a newcomer takes nothing while others queue.
+        if self.pools[pool].waiters.is_empty() && self.may_use(pool) {
+            if let Some(take) = self.take_now(pool, now, set, doomed) {
+                return take;
+            }
+        }
+        let p = &mut self.pools[pool];
+        if p.waiters.len() >= p.settings.max_waiting {
+            p.counters.shed[Shed::QueueFull as usize] += 1;
+            return Take::Shed(Shed::QueueFull);
+        }
+        if now >= deadline {
+            p.counters.shed[Shed::QueueTimeout as usize] += 1;
+            return Take::Shed(Shed::QueueTimeout);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.next_waiter += 1;
+        let id = self.next_waiter;
+        p.waiters.push_back(Waiter { id, since: now, tx });
+        Take::Wait(id, rx)
+    }
+
+    /// An idle backend, or capacity for a new one, if there is any right now.
+    fn take_now(
+        &mut self,
+        pool: PoolId,
+        now: Instant,
+        set: &Weak<PoolSet>,
+        doomed: &mut Vec<ServerConn>,
+    ) -> Option<Take> {
         let lifetime = self.pools[pool].settings.lifetime;
+        let mut take = None;
         while let Some(server) = self.pools[pool].idle.pop() {
             if !server.expired(now, lifetime) {
-                return Take::Idle(server);
+                take = Some(Take::Idle(server));
+                break;
             }
             doomed.push(server);
         }
@@ -174,22 +281,56 @@ impl State {
             self.uncount(server.pool_id());
             server.slot.disarm();
         }
-        if let Some(slot) = self.reserve(pool, set) {
-            return Take::Connect(slot);
+        let take = take
+            .or_else(|| self.reserve(pool, set).map(Take::Connect))
+            .or_else(|| self.steal_idle(pool, doomed).map(Take::Connect))?;
+        self.served(pool, Duration::ZERO, now);
+        Some(take)
+    }
+
+    /// A client of `pool` got a backend after waiting `wait`.
+    fn served(&mut self, pool: PoolId, wait: Duration, now: Instant) {
+        let p = &mut self.pools[pool];
+        p.counters.checkouts += 1;
+        let oldest = p.oldest_wait(now);
+        p.codel.served(wait, now, oldest);
+    }
+
+    /// Under CoDel, while the queue stands, refuse waiters older than twice the target.
+    fn shed_stale(&mut self, pool: PoolId, now: Instant) {
+        let p = &mut self.pools[pool];
+        if p.settings.queue != QueuePolicy::Codel {
+            return;
         }
-        if let Some(slot) = self.steal_idle(pool, doomed) {
-            return Take::Connect(slot);
+        let oldest = p.oldest_wait(now);
+        p.codel.roll(now, oldest);
+        if !p.codel.overloaded() {
+            return;
         }
-        if now >= deadline {
-            return Take::Timeout;
+        let limit = p.codel.shed_after();
+        while let Some(w) = p.waiters.front() {
+            if now.duration_since(w.since) <= limit {
+                break;
+            }
+            let w = p.waiters.pop_front().expect("front exists");
+            if w.tx.send(Grant::Shed(Shed::Codel)).is_ok() {
+                p.counters.shed[Shed::Codel as usize] += 1;
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        self.next_waiter += 1;
-        let id = self.next_waiter;
-        self.pools[pool]
-            .waiters
-            .push_back(Waiter { id, since: now, tx });
-        Take::Wait(id, rx)
+    }
+
+    /// The waiter to serve next: oldest first, newest first while CoDel finds overload.
+    fn next_waiter(&mut self, pool: PoolId, now: Instant) -> Option<Waiter> {
+        self.shed_stale(pool, now);
+        let p = &mut self.pools[pool];
+        let w = if p.codel.overloaded() {
+            p.waiters.pop_back()
+        } else {
+            p.waiters.pop_front()
+        }?;
+        let wait = now.duration_since(w.since);
+        self.served(pool, wait, now);
+        Some(w)
     }
 
     /// When `pool` is under its own size but a shared cap is full, close the least recently
@@ -213,14 +354,24 @@ impl State {
         Some(slot)
     }
 
-    pub(super) fn forget_waiter(&mut self, pool: PoolId, id: u64) {
-        self.pools[pool].waiters.retain(|w| w.id != id);
+    /// The waiter gave up; when it timed out, count that.
+    pub(super) fn forget_waiter(&mut self, pool: PoolId, id: u64, timed_out: bool) {
+        let p = &mut self.pools[pool];
+        let before = p.waiters.len();
+        p.waiters.retain(|w| w.id != id);
+        if timed_out && p.waiters.len() < before {
+            p.counters.shed[Shed::QueueTimeout as usize] += 1;
+        }
     }
 
-    /// Hand freed capacity to the oldest waiter that can use it, for as long as there is any.
+    /// Hand freed capacity to waiters that can use it, for as long as there is any: pools
+    /// under their fair share first, then the oldest waiter.
     pub(super) fn grant_freed(&mut self, set: &Weak<PoolSet>) {
-        while let Some(pool) = self.oldest_waiting_that_can_open() {
-            let waiter = self.pools[pool].waiters.pop_front().expect("has waiters");
+        let now = Instant::now();
+        while let Some(pool) = self.next_pool_to_grant(now) {
+            let Some(waiter) = self.next_waiter(pool, now) else {
+                continue;
+            };
             let slot = self.reserve(pool, set).expect("can open");
             if let Err(Grant::Slot(mut slot)) = waiter.tx.send(Grant::Slot(slot)) {
                 // The waiter gave up; take the capacity back without re-entering the lock.
@@ -230,48 +381,97 @@ impl State {
         }
     }
 
-    fn oldest_waiting_that_can_open(&self) -> Option<PoolId> {
-        (0..self.pools.len())
-            .filter(|&p| self.can_open(p))
-            .filter_map(|p| self.pools[p].waiters.front().map(|w| (w.since, p)))
-            .min()
-            .map(|(_, p)| p)
+    fn next_pool_to_grant(&self, now: Instant) -> Option<PoolId> {
+        let candidates = (0..self.pools.len())
+            .filter(|&p| !self.pools[p].waiters.is_empty() && self.can_open(p) && self.may_use(p));
+        candidates
+            .map(|p| {
+                let under_share = self.pools[p].open < self.fair_share(p);
+                let waited = self.pools[p].oldest_wait(now).unwrap_or_default();
+                (under_share, waited, p)
+            })
+            .max()
+            .map(|(_, _, p)| p)
+    }
+
+    /// This pool's share of its database's cap (or the global cap), by weight among the
+    /// pools of that database that are busy or waiting.
+    fn fair_share(&self, pool: PoolId) -> usize {
+        let p = &self.pools[pool];
+        let db = &self.dbs[p.db].1;
+        let cap = if db.max < usize::MAX {
+            db.max
+        } else {
+            self.global.max
+        };
+        let total: usize = self
+            .pools
+            .iter()
+            .filter(|q| q.db == p.db && (q.open > 0 || !q.waiters.is_empty()))
+            .map(|q| q.settings.weight)
+            .sum();
+        (cap * p.settings.weight / total.max(p.settings.weight)).max(1)
     }
 
     /// Take a backend back; returns it if it must be closed instead.
     pub(super) fn checkin(&mut self, server: ServerConn) -> Option<ServerConn> {
         let pool = server.pool_id();
+        let now = Instant::now();
         let p = &mut self.pools[pool];
-        if self.closed
-            || p.open > p.settings.size
-            || server.expired(Instant::now(), p.settings.lifetime)
-        {
+        let in_flight = p.in_use();
+        if let Some(g) = p.adaptive.as_mut() {
+            g.sample(now.duration_since(server.checked_out_at), in_flight);
+        }
+        if self.closed || p.open > p.settings.size || server.expired(now, p.settings.lifetime) {
             return Some(server);
         }
-        let mut server = server;
-        while let Some(waiter) = p.waiters.pop_front() {
-            match waiter.tx.send(Grant::Server(server)) {
-                Ok(()) => return None,
-                Err(Grant::Server(back)) => server = back,
-                Err(Grant::Slot(_)) => unreachable!("sent a server"),
-            }
-        }
-        if self.blocks_another(pool) {
+        if self.yields_to_another(pool) {
             return Some(server);
         }
         self.pools[pool].idle.push(server);
+        self.serve_idle(pool);
         None
     }
 
-    /// Is some other pool waiting on shared capacity that an idle backend of `pool` holds?
-    fn blocks_another(&self, pool: PoolId) -> bool {
-        let db = self.pools[pool].db;
+    /// Give idle backends to waiters while the adaptive limit allows.
+    fn serve_idle(&mut self, pool: PoolId) {
+        let now = Instant::now();
+        while !self.pools[pool].idle.is_empty() && self.may_use(pool) {
+            let Some(waiter) = self.next_waiter(pool, now) else {
+                return;
+            };
+            let server = self.pools[pool].idle.pop().expect("not empty");
+            if let Err(Grant::Server(back)) = waiter.tx.send(Grant::Server(server)) {
+                self.pools[pool].idle.push(back);
+            }
+        }
+    }
+
+    /// Should a backend returned to `pool` be closed so another pool waiting on shared
+    /// capacity can have it? Yes when that pool is under its fair share and this one is over
+    /// its own, or has nobody waiting.
+    fn yields_to_another(&self, pool: PoolId) -> bool {
+        let me = &self.pools[pool];
+        let db = me.db;
+        let mine_waiting = !me.waiters.is_empty();
+        let over_share = me.open > self.fair_share(pool);
         self.pools.iter().enumerate().any(|(q, other)| {
             q != pool
                 && !other.waiters.is_empty()
                 && other.open < other.settings.size
                 && (self.global.full() || (other.db == db && self.dbs[db].1.full()))
+                && (!mine_waiting || (over_share && other.open < self.fair_share(q)))
         })
+    }
+
+    pub(super) fn count_event(&mut self, pool: PoolId, event: Event) {
+        let c = &mut self.pools[pool].counters;
+        match event {
+            Event::Shed(why) => c.shed[why as usize] += 1,
+            Event::IdleTransactionTimeout => c.idle_transaction_timeouts += 1,
+            Event::QueryTimeout => c.query_timeouts += 1,
+            Event::ClientIdleTimeout => c.client_idle_timeouts += 1,
+        }
     }
 
     pub(super) fn target(&self, pool: PoolId) -> Arc<ConnectTarget> {
@@ -295,6 +495,7 @@ impl State {
 
     pub(super) fn stats(&self, pool: PoolId) -> PoolStats {
         let p = &self.pools[pool];
+        let c = p.counters;
         PoolStats {
             database: p.database.clone(),
             user: p.user.clone(),
@@ -302,10 +503,18 @@ impl State {
             open: p.open,
             idle: p.idle.len(),
             waiting: p.waiters.len(),
+            adaptive_limit: p.adaptive.as_ref().map(Gradient::limit),
+            overloaded: p.codel.overloaded(),
+            checkouts: c.checkouts,
+            shed: c.shed,
+            idle_transaction_timeouts: c.idle_transaction_timeouts,
+            query_timeouts: c.query_timeouts,
+            client_idle_timeouts: c.client_idle_timeouts,
         }
     }
 
-    /// Pick idle backends to retire, and reserve slots to bring pools up to `min_size`.
+    /// Pick idle backends to retire, shed stale waiters, and reserve slots to bring pools up
+    /// to `min_size`.
     pub(super) fn maintain(
         &mut self,
         now: Instant,
@@ -333,6 +542,8 @@ impl State {
             return warm;
         }
         for pool in 0..self.pools.len() {
+            self.shed_stale(pool, now);
+            self.serve_idle(pool);
             let floor = self.pools[pool]
                 .settings
                 .min_size

@@ -99,7 +99,9 @@ async fn answer_auth(
                 .ok_or_else(|| ServerError::Login("SASL out of order".into()))?;
             let (salt, iterations) = client.server_first(data).map_err(scram_failed)?;
             let password = plain_password(target, "scram-sha-256")?;
-            let salted_password = salted.get(password, &salt, iterations).await;
+            let salted_password = salted.get(password, &salt, iterations).await.ok_or_else(|| {
+                ServerError::Login(format!("server asks for {iterations} SCRAM iterations; sluice allows at most 1000000"))
+            })?;
             messages::sasl_response(&mut out, &client.client_final(&salted_password));
         }
         auth_code::SASL_FINAL => {

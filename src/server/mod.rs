@@ -98,6 +98,8 @@ pub struct ServerConn {
     pub statements: crate::prepared::BackendStatements,
     pub created: Instant,
     pub last_used: Instant,
+    /// When the current client got it (for the transaction time the adaptive limit learns).
+    pub checked_out_at: Instant,
     pub(crate) slot: Slot,
 }
 
@@ -136,6 +138,7 @@ impl ServerConn {
             statements: Default::default(),
             created: now,
             last_used: now,
+            checked_out_at: now,
             slot,
         })
     }
