@@ -22,10 +22,14 @@ pub struct ProxyBuilder {
     pool: Vec<String>,
     database: Vec<String>,
     users: Vec<(String, String)>,
+    user_options: Vec<(String, String)>,
+    admins: Vec<String>,
 }
 
 pub fn proxy() -> ProxyBuilder {
     ProxyBuilder {
+        user_options: vec![],
+        admins: vec![],
         auth: "scram-sha-256".into(),
         limits: vec![],
         pool: vec![],
@@ -54,6 +58,16 @@ impl ProxyBuilder {
         self.database.push(line.into());
         self
     }
+    /// Add a line to a user's users.toml entry (e.g. "weight = 2").
+    pub fn user_option(mut self, user: &str, line: &str) -> Self {
+        self.user_options.push((user.into(), line.into()));
+        self
+    }
+    /// List a user in auth.admin_users.
+    pub fn admin(mut self, user: &str) -> Self {
+        self.admins.push(user.into());
+        self
+    }
     /// Replace a user's users.toml password entry (plain, md5 hash or SCRAM secret).
     pub fn user_secret(mut self, user: &str, secret: &str) -> Self {
         self.users.retain(|(u, _)| u != user);
@@ -64,9 +78,10 @@ impl ProxyBuilder {
     pub fn toml(&self) -> (String, String) {
         let c = cluster();
         let main = format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n[auth]\ntype = \"{}\"\nfile = \"users.toml\"\n\
+            "[listen]\naddr = \"127.0.0.1:0\"\n[auth]\ntype = \"{}\"\nfile = \"users.toml\"\nadmin_users = {:?}\n\
              [limits]\n{}\n[pool]\n{}\n[databases.{DATABASE}]\nhost = \"127.0.0.1\"\nport = {}\n{}\n",
             self.auth,
+            self.admins,
             self.limits.join("\n"),
             self.pool.join("\n"),
             c.port(),
@@ -75,7 +90,15 @@ impl ProxyBuilder {
         let users = self
             .users
             .iter()
-            .map(|(u, p)| format!("[users.{u}]\npassword = \"{p}\"\n"))
+            .map(|(u, p)| {
+                let options: String = self
+                    .user_options
+                    .iter()
+                    .filter(|(o, _)| o == u)
+                    .map(|(_, line)| format!("{line}\n"))
+                    .collect();
+                format!("[users.{u}]\npassword = \"{p}\"\n{options}")
+            })
             .collect::<String>();
         (main, users)
     }

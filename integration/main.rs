@@ -1,5 +1,6 @@
 //! Integration tests: one test binary, one shared PostgreSQL cluster.
 
+mod admission;
 mod basics;
 mod cluster;
 mod harness;

@@ -10,7 +10,7 @@ use crate::cluster::{cluster, psql_super, PASSWORD};
 use crate::harness::{connect_with, message, proxy, sqlstate, TestProxy};
 
 /// A login role used by one test only, so backend counts are that test's alone.
-fn role(name: &str) -> String {
+pub fn role(name: &str) -> String {
     psql_super(&format!(
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN \
          CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'; END IF; END $$; \
@@ -20,13 +20,13 @@ fn role(name: &str) -> String {
 }
 
 /// Samples how many client backends PostgreSQL has for `users`, keeping the maximum.
-struct Sampler {
+pub struct Sampler {
     max: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
-    async fn start(users: &[&str]) -> Sampler {
+    pub async fn start(users: &[&str]) -> Sampler {
         let c = cluster();
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(c.host())
@@ -57,7 +57,7 @@ impl Sampler {
         Sampler { max, task }
     }
 
-    fn stop(self) -> usize {
+    pub fn stop(self) -> usize {
         self.task.abort();
         self.max.load(Ordering::Relaxed)
     }

@@ -860,12 +860,6 @@ async fn notices_reach_the_client() {
             other => panic!("expected a notice, got {other:?}"),
         }
         // Through the extended protocol as well.
-        c.query(
-            "select 1 from (select set_config('client_min_messages', 'notice', false)) s",
-            &[],
-        )
-        .await
-        .unwrap();
         c.execute("DO $$ BEGIN RAISE NOTICE 'again %', 7; END $$", &[])
             .await
             .unwrap();
@@ -1157,7 +1151,7 @@ async fn function_calls_outside_a_transaction_keep_their_backend_until_answered(
             .trim()
             .parse()
             .unwrap();
-        let backend_pid: u32 = superuser("select 'pg_backend_pid()'::regprocedure::oid")
+        let pid_fn: u32 = superuser("select 'pg_backend_pid()'::regprocedure::oid")
             .await
             .trim()
             .parse()
@@ -1174,7 +1168,7 @@ async fn function_calls_outside_a_transaction_keep_their_backend_until_answered(
         for round in 0..3 {
             // Two calls and a query in one write: three ReadyForQuery owed.
             let mut out = function_call(int4pl, &[40, round]);
-            out.extend(function_call(backend_pid, &[]));
+            out.extend(function_call(pid_fn, &[]));
             out.extend(frame(b'Q', b"select 'after_fastpath'\0"));
             raw.stream.write_all(&out).await.unwrap();
             let first = raw.read_until_ready().await;

@@ -3,6 +3,12 @@
 //! standing, not absorbing a burst: serve newest first (they can still make their deadlines)
 //! and shed waiters older than twice the target, so admitted work stays fast and the rest
 //! fails fast instead of everyone timing out.
+//!
+//! The wait measured is the head of the queue's (its oldest waiter's) at each hand-out, not
+//! the wait of whoever was served: once serving newest first, the served wait is near zero
+//! even while the queue stands. And once overloaded, shedding keeps the head young on
+//! purpose, so overload ends only when the queue actually empties during an interval;
+//! otherwise the detector would flip back to FIFO every other interval.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +17,10 @@ pub struct Codel {
     interval: Duration,
     target: Duration,
     window_start: Instant,
-    /// Shortest wait of a client served in the current window.
+    /// Shortest head-of-queue wait at a hand-out in the current window.
     min_wait: Option<Duration>,
+    /// The queue was empty at some hand-out in the current window.
+    drained: bool,
     overloaded: bool,
 }
 
@@ -23,26 +31,44 @@ impl Codel {
             target,
             window_start: now,
             min_wait: None,
+            drained: false,
             overloaded: false,
         }
     }
 
-    /// A client got a backend after waiting `wait` (zero when one was free at once).
-    pub fn served(&mut self, wait: Duration, now: Instant, oldest_waiting: Option<Duration>) {
+    /// A backend was handed out while the head of the queue had waited `head` (zero when
+    /// nobody was waiting).
+    /// `oldest_waiting` is the head's age after the hand-out (None: the queue is empty).
+    pub fn served(&mut self, head: Duration, now: Instant, oldest_waiting: Option<Duration>) {
         self.roll(now, oldest_waiting);
-        self.min_wait = Some(self.min_wait.map_or(wait, |m| m.min(wait)));
+        self.min_wait = Some(self.min_wait.map_or(head, |m| m.min(head)));
+        self.drained |= oldest_waiting.is_none();
     }
 
     /// Close the window once an interval has passed. With nobody served in it, the oldest
     /// waiter's age stands in for the shortest wait.
     pub fn roll(&mut self, now: Instant, oldest_waiting: Option<Duration>) {
+        // A head that has waited a whole interval means the queue has stood that long:
+        // no need to wait for the window to close to say so.
+        if !self.overloaded && oldest_waiting.is_some_and(|w| w > self.interval) {
+            self.overloaded = true;
+            self.window_start = now;
+            self.min_wait = None;
+            self.drained = false;
+            return;
+        }
         if now.duration_since(self.window_start) < self.interval {
             return;
         }
-        let shortest = self.min_wait.or(oldest_waiting);
-        self.overloaded = shortest.is_some_and(|m| m > self.target);
+        self.overloaded = if self.overloaded {
+            !self.drained && oldest_waiting.is_some()
+        } else {
+            let shortest = self.min_wait.or(oldest_waiting);
+            shortest.is_some_and(|m| m > self.target)
+        };
         self.window_start = now;
         self.min_wait = None;
+        self.drained = false;
     }
 
     pub fn overloaded(&self) -> bool {
@@ -80,9 +106,23 @@ mod tests {
         c.roll(t0 + 100 * MS, Some(30 * MS));
         assert!(c.overloaded());
         assert_eq!(c.shed_after(), 10 * MS);
-        // Nobody served in the next window, but nobody waits long either.
+        // Shedding keeps the head young, but the queue never empties: still overloaded.
+        c.served(MS, t0 + 150 * MS, Some(MS));
         c.roll(t0 + 200 * MS, Some(2 * MS));
+        assert!(c.overloaded());
+        // The queue empties once: overload is over.
+        c.served(MS, t0 + 250 * MS, None);
+        c.roll(t0 + 300 * MS, None);
         assert!(!c.overloaded());
+    }
+
+    #[test]
+    fn a_head_older_than_the_interval_is_overload_at_once() {
+        let t0 = Instant::now();
+        let mut c = Codel::new(100 * MS, 5 * MS, t0);
+        c.served(Duration::ZERO, t0 + 10 * MS, None);
+        c.roll(t0 + 60 * MS, Some(101 * MS));
+        assert!(c.overloaded(), "mid-window");
     }
 
     #[test]

@@ -196,23 +196,23 @@ async fn choose_pool(
         crate::proxy::pool_settings(config, database, user)
     });
     let mode = config.pool_mode(database);
-    let mut server = None;
-    if mode == PoolMode::Session || shared.pools.server_params(pool).is_none() {
-        let deadline = Instant::now() + config.pool.queue_timeout;
-        let checked_out = shared.pools.checkout(pool, deadline).await;
-        server = Some(checked_out.map_err(|e| Some(session::login_refusal(e, database, user)))?);
-    }
-    let reported = shared.pools.server_params(pool).ok_or_else(|| {
-        Some(PgError::fatal(
-            code::CONNECTION_FAILURE,
-            "no server parameters",
-        ))
-    })?;
-    if mode == PoolMode::Transaction {
-        if let Some(s) = server.take() {
-            shared.pools.checkin(s);
-        }
-    }
+    let deadline = Instant::now() + config.pool.queue_timeout;
+    let refusal = |e| Some(session::login_refusal(e, database, user));
+    let server = match mode {
+        PoolMode::Session => Some(
+            shared
+                .pools
+                .checkout(pool, deadline)
+                .await
+                .map_err(refusal)?,
+        ),
+        PoolMode::Transaction => None,
+    };
+    let reported = shared
+        .pools
+        .learn_server_params(pool, deadline)
+        .await
+        .map_err(refusal)?;
     let mut params = Params::new();
     for (name, value) in reported.iter() {
         if params::is_tracked(name, &extra_params) {

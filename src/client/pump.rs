@@ -6,12 +6,16 @@
 //! `MAX_PENDING` bytes not yet written; past that sluice stops reading from the sender, which
 //! is the backpressure a slow reader gets.
 
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::rewrite::{self, ClientState, Ctx, Handled, Rules};
 use super::transaction::TxState;
+use crate::cancel::{send_cancel, CancelTarget};
 use crate::params::{self, Params};
 use crate::prepared::BackendStatements;
 use crate::protocol::error::{code, PgError};
@@ -36,6 +40,26 @@ pub enum Ended {
     ServerGone,
     /// The client broke the protocol; tell it and close.
     Fatal(PgError),
+    /// The client sat inside a transaction past `pool.idle_transaction_timeout`.
+    IdleInTransaction,
+    /// The client sat idle past `pool.client_idle_timeout` (session mode).
+    ClientIdle,
+}
+
+/// The timeouts a bound session enforces; zero turns one off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    pub idle_transaction: Duration,
+    pub query: Duration,
+    pub client_idle: Duration,
+}
+
+/// Which timeout is armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    IdleInTransaction,
+    Query,
+    ClientIdle,
 }
 
 /// The client's side of forwarding.
@@ -47,6 +71,9 @@ pub struct ClientSide<'a, 'r> {
     pub extra_params: &'a [String],
     /// Transaction pooling's rewriting; None in session mode.
     pub rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
+    pub timeouts: Timeouts,
+    /// Called when a statement is cancelled for running past `pool.query_timeout`.
+    pub on_query_timeout: &'a (dyn Fn() + Sync),
 }
 
 /// The state both walks update.
@@ -76,10 +103,19 @@ pub async fn forward(
         rbuf,
         params: server_params,
         statements,
+        addr,
+        key,
         ..
     } = server;
+    let cancel_target = CancelTarget {
+        addr: *addr,
+        key: *key,
+    };
     let (mut srd, mut swr) = sstream.split();
     let (mut crd, mut cwr) = client.stream.split();
+    let timeouts = client.timeouts;
+    let on_query_timeout = client.on_query_timeout;
+    let mut clock = Clock::new();
     let input = client.input;
     let mut flow = Flow {
         tx,
@@ -102,6 +138,8 @@ pub async fn forward(
             }
             reserve(input);
             reserve(rbuf);
+            let timer = clock.next(&flow, &timeouts, to_server.is_empty());
+            let fire_at = timer.map_or_else(far_future, |(at, _)| at);
             tokio::select! {
                 biased;
                 r = swr.write(&to_server), if !to_server.is_empty() => match r {
@@ -122,16 +160,84 @@ pub async fn forward(
                 },
                 r = crd.read_buf(input), if to_server.len() < MAX_PENDING => match r {
                     Ok(n) if n > 0 => {
+                        let was_pending = flow.tx.pending();
                         if let Err(end) = flow.walk_client(input, &mut to_server, &mut to_client) {
                             break 'forward end;
                         }
+                        clock.client_spoke(was_pending == 0 && flow.tx.pending() > 0);
                     }
                     _ => break 'forward flow.client_gone(&to_server),
+                },
+                _ = tokio::time::sleep_until(fire_at), if timer.is_some() => match timer.map(|t| t.1) {
+                    Some(Timer::IdleInTransaction) => break 'forward Ended::IdleInTransaction,
+                    Some(Timer::ClientIdle) => break 'forward Ended::ClientIdle,
+                    _ => {
+                        clock.cancelled = true;
+                        on_query_timeout();
+                        tracing::info!(server = ?cancel_target.key.pid, "pool.query_timeout: cancelling the statement");
+                        tokio::spawn(send_cancel(cancel_target));
+                    }
                 },
             }
         }
     };
     (end, to_client)
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+/// When the client last spoke and when the statement in flight began, for the timeouts.
+struct Clock {
+    last_client: Instant,
+    request_started: Instant,
+    /// The statement in flight was already cancelled for running too long.
+    cancelled: bool,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let now = Instant::now();
+        Clock {
+            last_client: now,
+            request_started: now,
+            cancelled: false,
+        }
+    }
+
+    fn client_spoke(&mut self, new_request: bool) {
+        self.last_client = Instant::now();
+        if new_request {
+            self.request_started = self.last_client;
+            self.cancelled = false;
+        }
+    }
+
+    /// The timeout that applies now, if any, and when it fires.
+    fn next(
+        &self,
+        flow: &Flow<'_, '_>,
+        t: &Timeouts,
+        nothing_to_send: bool,
+    ) -> Option<(Instant, Timer)> {
+        let tx = &flow.tx;
+        let quiet = tx.pending() == 0 && !tx.unsynced() && nothing_to_send;
+        if tx.pending() > 0 && !t.query.is_zero() && !self.cancelled {
+            return Some((self.request_started + t.query, Timer::Query));
+        }
+        if quiet && tx.status() != b'I' && !t.idle_transaction.is_zero() {
+            return Some((
+                self.last_client + t.idle_transaction,
+                Timer::IdleInTransaction,
+            ));
+        }
+        let session_mode = flow.rewrite.is_none();
+        if quiet && tx.status() == b'I' && session_mode && !t.client_idle.is_zero() {
+            return Some((self.last_client + t.client_idle, Timer::ClientIdle));
+        }
+        None
+    }
 }
 
 #[inline]

@@ -11,13 +11,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::local::{self, Local};
-use super::pump::{self, ClientSide, Ended, READ_SIZE};
+use super::pump::{self, ClientSide, Ended, Timeouts, READ_SIZE};
 use super::rewrite::{ClientState, Rules};
 use super::transaction::TxState;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::{self, Params};
-use crate::pool::{CheckoutError, PoolId, Shed};
+use crate::pool::{CheckoutError, Event, PoolId, Shed};
 use crate::protocol::error::{code, PgError};
 use crate::protocol::frame::{header, FrameWalker, Step};
 use crate::protocol::messages::{self, ftag};
@@ -117,7 +117,16 @@ impl Session {
             extra: &self.extra_params,
         };
         let transaction_mode = self.mode == PoolMode::Transaction;
+        let timeouts = Timeouts {
+            idle_transaction: config.pool.idle_transaction_timeout,
+            query: config.pool.query_timeout,
+            client_idle: config.pool.client_idle_timeout,
+        };
+        let (shared, pool) = (self.shared.clone(), self.pool);
+        let on_query_timeout = move || shared.pools.count(pool, Event::QueryTimeout);
         let client = ClientSide {
+            timeouts,
+            on_query_timeout: &on_query_timeout,
             stream: &mut self.client,
             input: &mut self.input,
             walker: &mut self.walker,
@@ -131,6 +140,23 @@ impl Session {
         }
         self.state.tracker.clear();
         ended
+    }
+
+    /// Wait for the client to send something; false when it left or idled past
+    /// `pool.client_idle_timeout` (it is told so).
+    async fn wait_readable(&mut self) -> bool {
+        let idle = self.shared.config.load().pool.client_idle_timeout;
+        if idle.is_zero() || !self.input.is_empty() {
+            return self.client.readable().await.is_ok();
+        }
+        match tokio::time::timeout(idle, self.client.readable()).await {
+            Ok(ready) => ready.is_ok(),
+            Err(_) => {
+                self.shared.pools.count(self.pool, Event::ClientIdleTimeout);
+                self.say(&idle_session()).await;
+                false
+            }
+        }
     }
 
     /// Answer a batch that needs no backend (see `local`). Some(true): answered; Some(false):
@@ -176,7 +202,7 @@ impl Session {
                 // An idle client holds no read buffer.
                 self.input = BytesMut::new();
             }
-            if self.client.readable().await.is_err() {
+            if !self.wait_readable().await {
                 return false;
             }
             self.input.reserve(READ_SIZE);
@@ -332,14 +358,55 @@ impl Session {
                 drop(server); // a partial message may have gone to it
             }
             Ended::ClientGone { clean: false } => drop(server),
-            Ended::ClientGone { clean: true } | Ended::Released => {
-                let reset = self.mode == PoolMode::Session || self.state.pinned.is_some();
-                if let Some(server) = cleanup(server, tx, reset).await {
-                    self.shared.pools.checkin(server);
-                }
+            Ended::ClientGone { clean: true } | Ended::Released => self.give_back(server, tx).await,
+            Ended::IdleInTransaction => {
+                self.shared
+                    .pools
+                    .count(self.pool, Event::IdleTransactionTimeout);
+                let secs = self.shared.config.load().pool.idle_transaction_timeout;
+                tracing::warn!(
+                    client = self.cancel.pid,
+                    pool = %format!("{}/{}", self.database, self.user),
+                    "client idle in transaction past pool.idle_transaction_timeout; rolled back"
+                );
+                let err = PgError::fatal(
+                    code::IDLE_IN_TRANSACTION_TIMEOUT,
+                    format!(
+                        "terminating connection due to idle-in-transaction timeout (pool.idle_transaction_timeout = {})",
+                        crate::config::units::format_duration(secs)
+                    ),
+                );
+                self.say(&err).await;
+                self.give_back(server, tx).await;
+            }
+            Ended::ClientIdle => {
+                self.shared.pools.count(self.pool, Event::ClientIdleTimeout);
+                self.say(&idle_session()).await;
+                self.give_back(server, tx).await;
             }
         }
     }
+
+    /// Clean the backend (roll back, reset) and return it to the pool, or close it.
+    async fn give_back(&self, server: ServerConn, tx: TxState) {
+        let reset = self.mode == PoolMode::Session || self.state.pinned.is_some();
+        if let Some(server) = cleanup(server, tx, reset).await {
+            self.shared.pools.checkin(server);
+        }
+    }
+
+    async fn say(&mut self, err: &PgError) {
+        let mut out = BytesMut::new();
+        err.encode(&mut out);
+        let _ = self.client.write_all(&out).await;
+    }
+}
+
+fn idle_session() -> PgError {
+    PgError::fatal(
+        "57P05",
+        "terminating connection due to idle-session timeout (pool.client_idle_timeout)",
+    )
 }
 
 /// A session-mode client that found no backend at login: FATAL, as PostgreSQL would refuse.

@@ -241,6 +241,26 @@ impl PoolSet {
         st.grant_freed(&self.me);
     }
 
+    /// The parameters this pool's backends report at login, connecting one if none has yet.
+    /// Concurrent first logins share that one connect instead of each queueing for a backend.
+    pub async fn learn_server_params(
+        &self,
+        pool: PoolId,
+        deadline: Instant,
+    ) -> Result<Arc<Params>, CheckoutError> {
+        if let Some(params) = self.server_params(pool) {
+            return Ok(params);
+        }
+        let learning = self.lock().learning(pool);
+        let _turn = learning.lock().await;
+        if let Some(params) = self.server_params(pool) {
+            return Ok(params);
+        }
+        let server = self.checkout(pool, deadline).await?;
+        self.checkin(server);
+        self.server_params(pool).ok_or(CheckoutError::Closed)
+    }
+
     /// The parameters a backend of this pool reports at login, once one has connected.
     pub fn server_params(&self, pool: PoolId) -> Option<Arc<Params>> {
         self.lock().server_params(pool)

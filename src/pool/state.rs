@@ -73,6 +73,8 @@ struct Pool {
     idle: Vec<ServerConn>,
     waiters: VecDeque<Waiter>,
     server_params: Option<Arc<Params>>,
+    /// Held by the one login that connects to learn `server_params`; the others wait on it.
+    learning: Arc<tokio::sync::Mutex<()>>,
     codel: Codel,
     adaptive: Option<Gradient>,
     counters: Counters,
@@ -147,6 +149,7 @@ impl State {
             idle: Vec::new(),
             waiters: VecDeque::new(),
             server_params: None,
+            learning: Arc::default(),
             counters: Counters::default(),
         });
         self.index
@@ -288,12 +291,12 @@ impl State {
         Some(take)
     }
 
-    /// A client of `pool` got a backend after waiting `wait`.
-    fn served(&mut self, pool: PoolId, wait: Duration, now: Instant) {
+    /// A client of `pool` got a backend while the head of its queue had waited `head`.
+    fn served(&mut self, pool: PoolId, head: Duration, now: Instant) {
         let p = &mut self.pools[pool];
         p.counters.checkouts += 1;
         let oldest = p.oldest_wait(now);
-        p.codel.served(wait, now, oldest);
+        p.codel.served(head, now, oldest);
     }
 
     /// Under CoDel, while the queue stands, refuse waiters older than twice the target.
@@ -323,13 +326,14 @@ impl State {
     fn next_waiter(&mut self, pool: PoolId, now: Instant) -> Option<Waiter> {
         self.shed_stale(pool, now);
         let p = &mut self.pools[pool];
-        let w = if p.codel.overloaded() {
+        let head = p.oldest_wait(now)?;
+        let lifo = p.settings.queue == QueuePolicy::Codel && p.codel.overloaded();
+        let w = if lifo {
             p.waiters.pop_back()
         } else {
             p.waiters.pop_front()
         }?;
-        let wait = now.duration_since(w.since);
-        self.served(pool, wait, now);
+        self.served(pool, head, now);
         Some(w)
     }
 
@@ -459,7 +463,9 @@ impl State {
             q != pool
                 && !other.waiters.is_empty()
                 && other.open < other.settings.size
-                && (self.global.full() || (other.db == db && self.dbs[db].1.full()))
+                // Blocked by a cap this backend also counts against (a reserve included).
+                && !self.can_open(q)
+                && (other.db == db || self.global.full())
                 && (!mine_waiting || (over_share && other.open < self.fair_share(q)))
         })
     }
@@ -485,6 +491,10 @@ impl State {
         }
     }
 
+    pub(super) fn learning(&self, pool: PoolId) -> Arc<tokio::sync::Mutex<()>> {
+        self.pools[pool].learning.clone()
+    }
+
     pub(super) fn server_params(&self, pool: PoolId) -> Option<Arc<Params>> {
         self.pools[pool].server_params.clone()
     }
@@ -504,7 +514,7 @@ impl State {
             idle: p.idle.len(),
             waiting: p.waiters.len(),
             adaptive_limit: p.adaptive.as_ref().map(Gradient::limit),
-            overloaded: p.codel.overloaded(),
+            overloaded: p.settings.queue == QueuePolicy::Codel && p.codel.overloaded(),
             checkouts: c.checkouts,
             shed: c.shed,
             idle_transaction_timeouts: c.idle_transaction_timeouts,
