@@ -10,11 +10,13 @@ pub mod auth;
 pub mod cancel;
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod params;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod rlimit;
 pub mod server;
 

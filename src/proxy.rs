@@ -30,6 +30,8 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     pub secrets: ClientSecrets,
     pub door: Arc<Door>,
+    /// What clients experience, for judging a reload.
+    pub health: crate::health::Health,
     /// Prepared statements shared by every client, for transaction mode.
     pub statements: Registry,
     /// Connections accepted and not yet closed.
@@ -168,6 +170,7 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             secrets: ClientSecrets::default(),
             door,
+            health: Default::default(),
             statements,
             clients: AtomicUsize::new(0),
             fd_client_budget,

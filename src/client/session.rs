@@ -72,9 +72,11 @@ impl Session {
                 Some(false) => return,
                 None => {}
             }
+            let began = Instant::now();
             let mut server = match self.bind().await {
                 Ok(server) => server,
                 Err(refusal) => {
+                    self.shared.health.failed();
                     if self.shed(refusal).await.is_err() {
                         return;
                     }
@@ -93,11 +95,15 @@ impl Session {
             );
             self.cancel.unbind();
             if let Ended::Released = end {
+                self.shared.health.served(began.elapsed());
                 self.shared.pools.checkin(server);
                 if self.client.write_all(&owed).await.is_err() {
                     return;
                 }
                 continue;
+            }
+            if matches!(end, Ended::IdleInTransaction | Ended::ServerGone) {
+                self.shared.health.failed();
             }
             return self.finish(server, tx, end, owed).await;
         }
@@ -123,7 +129,10 @@ impl Session {
             client_idle: config.pool.client_idle_timeout,
         };
         let (shared, pool) = (self.shared.clone(), self.pool);
-        let on_query_timeout = move || shared.pools.count(pool, Event::QueryTimeout);
+        let on_query_timeout = move || {
+            shared.pools.count(pool, Event::QueryTimeout);
+            shared.health.failed();
+        };
         let client = ClientSide {
             timeouts,
             on_query_timeout: &on_query_timeout,

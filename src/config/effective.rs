@@ -19,6 +19,7 @@ pub(super) fn render(config: &Config) -> String {
     ));
     listen_and_auth(&mut out, config);
     limits_and_pool(&mut out, config);
+    reload(&mut out, config);
     databases(&mut out, config);
     users(&mut out, config);
     out.0
@@ -116,6 +117,21 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
     ] {
         out.kv(key, string(&format_duration(d)));
     }
+}
+
+fn reload(out: &mut Out, config: &Config) {
+    let r = &config.reload;
+    out.header("reload");
+    out.kv("watch", r.watch.to_string());
+    out.kv("debounce", string(&format_duration(r.debounce)));
+    out.kv("max_shrink_percent", r.max_shrink_percent.to_string());
+    out.kv("watch_window", string(&format_duration(r.watch_window)));
+    out.kv("rollback_error_rate", r.rollback_error_rate.to_string());
+    out.kv("rollback_latency_factor", r.rollback_latency_factor.to_string());
+    let floor = format_duration(r.rollback_latency_floor);
+    out.kv("rollback_latency_floor", string(&floor));
+    out.kv("sample_interval", string(&format_duration(r.sample_interval)));
+    out.kv("rollback_samples", r.rollback_samples.to_string());
 }
 
 fn databases(out: &mut Out, config: &Config) {

@@ -11,11 +11,22 @@ use toml::{Table, Value};
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
     Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode,
-    QueuePolicy, SessionStatePolicy, User,
+    QueuePolicy, Reload, SessionStatePolicy, User,
 };
 use crate::auth::Secret;
 
-const TOP: &[&str] = &["listen", "auth", "limits", "pool", "databases"];
+const TOP: &[&str] = &["listen", "auth", "limits", "pool", "databases", "reload"];
+const RELOAD: &[&str] = &[
+    "watch",
+    "debounce",
+    "max_shrink_percent",
+    "watch_window",
+    "rollback_error_rate",
+    "rollback_latency_factor",
+    "rollback_latency_floor",
+    "sample_interval",
+    "rollback_samples",
+];
 const LISTEN: &[&str] = &["addr", "http"];
 const AUTH: &[&str] = &["type", "file", "admin_users"];
 const LIMITS: &[&str] = &[
@@ -94,6 +105,7 @@ pub(super) fn parse(
     let pool_section = top.section("pool", POOL)?;
     let pool = parse_pool(&pool_section)?;
     let databases = parse_databases(&top)?;
+    let reload = parse_reload(&top.section("reload", RELOAD)?)?;
     let users = match users_text {
         Some(text) => parse_users(text, &auth.file)?,
         None => parse_users(&read_users_file(&auth.file, source)?, &auth.file)?,
@@ -106,6 +118,7 @@ pub(super) fn parse(
         pool,
         databases,
         users,
+        reload,
     };
     validate(&config, pool_section.get("size").is_some())?;
     Ok(config)
@@ -232,6 +245,27 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
         client_idle_timeout: s
             .duration("client_idle_timeout", true)?
             .unwrap_or(Duration::ZERO),
+    })
+}
+
+fn parse_reload(s: &Section) -> Result<Reload, ConfigError> {
+    let max_shrink_percent = s.count("max_shrink_percent", 0)?.unwrap_or(50);
+    if max_shrink_percent > 100 {
+        let reason = format!("must be between 0 and 100 (got {max_shrink_percent})");
+        return Err(s.err("max_shrink_percent", reason));
+    }
+    Ok(Reload {
+        watch: s.boolean("watch")?.unwrap_or(false),
+        debounce: s.duration("debounce", true)?.unwrap_or(Duration::from_millis(500)),
+        max_shrink_percent: max_shrink_percent as u32,
+        watch_window: s.duration("watch_window", true)?.unwrap_or(secs(30)),
+        rollback_error_rate: s.fraction("rollback_error_rate")?.unwrap_or(0.05),
+        rollback_latency_factor: s.factor("rollback_latency_factor")?.unwrap_or(3.0),
+        rollback_latency_floor: s
+            .duration("rollback_latency_floor", true)?
+            .unwrap_or(Duration::from_millis(50)),
+        sample_interval: s.duration("sample_interval", false)?.unwrap_or(secs(1)),
+        rollback_samples: s.count("rollback_samples", 1)?.unwrap_or(3) as u32,
     })
 }
 
@@ -558,6 +592,33 @@ impl<'a> Section<'a> {
                 let reason = format!("must be \"session\" or \"transaction\" (got {other:?})");
                 Err(self.err(key, reason))
             }
+        }
+    }
+
+    /// A number between 0 and 1.
+    fn fraction(&self, key: &str) -> Result<Option<f64>, ConfigError> {
+        match self.number(key)? {
+            Some(x) if !(0.0..=1.0).contains(&x) => {
+                Err(self.err(key, format!("must be between 0 and 1 (got {x})")))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// A number of at least 1.
+    fn factor(&self, key: &str) -> Result<Option<f64>, ConfigError> {
+        match self.number(key)? {
+            Some(x) if x < 1.0 => Err(self.err(key, format!("must be at least 1 (got {x})"))),
+            other => Ok(other),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Float(x)) => Ok(Some(*x)),
+            Some(Value::Integer(n)) => Ok(Some(*n as f64)),
+            Some(v) => Err(self.expected(key, "a number", v)),
         }
     }
 

@@ -5,6 +5,7 @@
 //! defaults, validates cross-field rules, and returns a snapshot. Errors name file, key and
 //! reason, e.g. `conf/sluice.toml: pool.size: must be at least 1 (got 0)`.
 
+pub mod diff;
 mod effective;
 mod load;
 pub mod units;
@@ -79,6 +80,30 @@ pub struct Config {
     pub databases: BTreeMap<String, Database>,
     /// From the users file named by `auth.file`.
     pub users: BTreeMap<String, User>,
+    pub reload: Reload,
+}
+
+/// How sluice takes a new config: triggers, guard rails, and the watch after applying.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// Reload when the config or users file changes on disk.
+    pub watch: bool,
+    /// Wait for the files to stay unchanged this long before reloading.
+    pub debounce: Duration,
+    /// A change that cuts any capacity by more than this percentage is refused.
+    pub max_shrink_percent: u32,
+    /// How long health is compared against the time before an apply.
+    pub watch_window: Duration,
+    /// Roll back when the share of failed requests rises by more than this (absolute).
+    pub rollback_error_rate: f64,
+    /// ...or when p99 latency grows more than this many times...
+    pub rollback_latency_factor: f64,
+    /// ...and is above this floor.
+    pub rollback_latency_floor: Duration,
+    /// How often health is sampled during the watch.
+    pub sample_interval: Duration,
+    /// Consecutive bad samples that trigger a rollback.
+    pub rollback_samples: u32,
 }
 
 #[derive(Debug, Clone)]
