@@ -24,12 +24,14 @@ pub struct ProxyBuilder {
     users: Vec<(String, String)>,
     user_options: Vec<(String, String)>,
     admins: Vec<String>,
+    reload: Vec<String>,
 }
 
 pub fn proxy() -> ProxyBuilder {
     ProxyBuilder {
         user_options: vec![],
         admins: vec![],
+        reload: vec![],
         auth: "scram-sha-256".into(),
         limits: vec![],
         pool: vec![],
@@ -63,6 +65,11 @@ impl ProxyBuilder {
         self.user_options.push((user.into(), line.into()));
         self
     }
+    /// Lines for the [reload] section.
+    pub fn reload_section(mut self, lines: &str) -> Self {
+        self.reload.push(lines.into());
+        self
+    }
     /// List a user in auth.admin_users.
     pub fn admin(mut self, user: &str) -> Self {
         self.admins.push(user.into());
@@ -86,7 +93,7 @@ impl ProxyBuilder {
             self.pool.join("\n"),
             c.port(),
             self.database.join("\n"),
-        );
+        ) + &format!("[reload]\n{}\n", self.reload.join("\n"));
         let users = self
             .users
             .iter()
@@ -320,5 +327,24 @@ pub mod frames {
     pub fn sqlstate(reply: &[super::Message]) -> Option<String> {
         let (_, body) = reply.iter().find(|(t, _)| *t == b'E')?;
         Some(sluice::protocol::PgError::decode(body).code)
+    }
+}
+
+impl TestProxy {
+    /// Rewrite this proxy's config files from `builder` (without reloading).
+    pub fn write_config(&self, builder: &ProxyBuilder) {
+        let (main, users) = builder.toml();
+        std::fs::write(self.dir.join("sluice.toml"), main).unwrap();
+        std::fs::write(self.dir.join("users.toml"), users).unwrap();
+    }
+
+    /// Rewrite the config files from `builder` and reload, as an admin's RELOAD would.
+    pub fn reload_with(&self, builder: &ProxyBuilder, force: bool) -> Result<String, String> {
+        self.write_config(builder);
+        self.shared().reloader.reload_from("test", force)
+    }
+
+    pub fn shared(&self) -> &std::sync::Arc<sluice::proxy::Shared> {
+        self.proxy.as_ref().unwrap().shared()
     }
 }

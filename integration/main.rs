@@ -8,6 +8,7 @@ mod pgbench;
 mod pools;
 mod prepared;
 mod protocol_paths;
+mod reload;
 
 use cluster::{cluster, psql_super, DATABASE, PASSWORD, ROLES, U_MD5, U_SCRAM};
 

@@ -24,7 +24,10 @@ impl Health {
     pub fn served(&self, latency: Duration) {
         self.served.fetch_add(1, Ordering::Relaxed);
         let us = latency.as_micros() as u64;
-        let i = BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(BOUNDS_US.len());
+        let i = BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BOUNDS_US.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -83,7 +86,10 @@ impl Snapshot {
         for (i, n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                let us = BOUNDS_US.get(i).copied().unwrap_or(2 * BOUNDS_US[BOUNDS_US.len() - 1]);
+                let us = BOUNDS_US
+                    .get(i)
+                    .copied()
+                    .unwrap_or(2 * BOUNDS_US[BOUNDS_US.len() - 1]);
                 return Some(Duration::from_micros(us));
             }
         }

@@ -23,10 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a config file and print the effective settings.
+    /// Validate a config file and print the effective settings; with --against, print the
+    /// diff from a running config and the guard-rail verdict (exit 1 when refused).
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// The config currently in force, to compare with.
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
     /// Start a throwaway PostgreSQL with sluice in front of it.
     Quickstart {
@@ -45,7 +49,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Some(Command::Check { config }) => check(&config),
+        Some(Command::Check { config, against }) => match against {
+            None => check(&config),
+            Some(old) => check_against(&config, &old),
+        },
         Some(Command::Quickstart { listen }) => runtime().block_on(async {
             match sluice::quickstart::run(&listen).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +86,35 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// What `RELOAD` would do with NEW while OLD is running: the diff and the guard's verdict.
+/// (Removing a database is judged as if it had clients: the check cannot know.)
+fn check_against(new: &Path, old: &Path) -> ExitCode {
+    let (new, old) = match (Config::load(new), Config::load(old)) {
+        (Ok(n), Ok(o)) => (n, o),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let changes = sluice::config::diff::diff(&old, &new);
+    if changes.is_empty() {
+        println!("no changes");
+    }
+    for change in &changes {
+        println!("{change}");
+    }
+    let violations = sluice::reload::guard::check(&old, &new, |_| 1);
+    if violations.is_empty() {
+        println!("verdict: would be applied");
+        return ExitCode::SUCCESS;
+    }
+    for v in &violations {
+        println!("refused: {v}");
+    }
+    println!("verdict: would be refused (RELOAD FORCE would apply it)");
+    ExitCode::FAILURE
+}
+
 fn run(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -95,11 +131,27 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        spawn_sighup_reload(&proxy);
         wait_for_stop_signal().await;
         tracing::info!("shutting down: no new clients; waiting up to 30s for sessions to end");
         proxy.shutdown(Duration::from_secs(30)).await;
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP reloads the config files.
+fn spawn_sighup_reload(proxy: &Proxy) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shared = proxy.shared().clone();
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match shared.reloader.reload_from("sighup", false) {
+                Ok(outcome) => tracing::info!("SIGHUP: {outcome}"),
+                Err(e) => tracing::error!("SIGHUP reload refused: {e}"),
+            }
+        }
+    });
 }
 
 async fn wait_for_stop_signal() {

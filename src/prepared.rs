@@ -62,7 +62,7 @@ pub struct Registry {
     map: Mutex<HashMap<Key, Arc<Statement>>>,
     next_id: AtomicU64,
     bytes: AtomicUsize,
-    max_bytes: usize,
+    max_bytes: AtomicUsize,
 }
 
 impl Registry {
@@ -71,7 +71,7 @@ impl Registry {
             map: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             bytes: AtomicUsize::new(0),
-            max_bytes,
+            max_bytes: AtomicUsize::new(max_bytes),
         }
     }
 
@@ -93,12 +93,11 @@ impl Registry {
             retired: AtomicBool::new(false),
         });
         let size = stmt.size();
-        if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        if self.bytes.load(Ordering::Relaxed) + size > max_bytes {
             self.drop_unused(&mut map);
-            if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
-                return Err(RegistryFull {
-                    limit: self.max_bytes,
-                });
+            if self.bytes.load(Ordering::Relaxed) + size > max_bytes {
+                return Err(RegistryFull { limit: max_bytes });
             }
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
@@ -127,6 +126,11 @@ impl Registry {
                 self.bytes.fetch_sub(s.size(), Ordering::Relaxed);
             }
         }
+    }
+
+    /// A reloaded memory cap: applies to statements made from now on.
+    pub fn set_max_bytes(&self, max_bytes: usize) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
     }
 
     pub fn bytes(&self) -> usize {

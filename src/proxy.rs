@@ -32,6 +32,7 @@ pub struct Shared {
     pub door: Arc<Door>,
     /// What clients experience, for judging a reload.
     pub health: crate::health::Health,
+    pub reloader: crate::reload::Reloader,
     /// Prepared statements shared by every client, for transaction mode.
     pub statements: Registry,
     /// Connections accepted and not yet closed.
@@ -163,6 +164,7 @@ impl Proxy {
         pools.set_reserves(reserves(&config));
         let statements = Registry::new(config.limits.prepared_statement_memory);
         let door = Arc::new(Door::new(&config));
+        let reloader = crate::reload::Reloader::new(&config);
         pools.spawn_maintenance();
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
@@ -171,11 +173,13 @@ impl Proxy {
             secrets: ClientSecrets::default(),
             door,
             health: Default::default(),
+            reloader,
             statements,
             clients: AtomicUsize::new(0),
             fd_client_budget,
             shutdown: CancellationToken::new(),
         });
+        shared.reloader.attach(&shared);
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         spawn_tidying(&shared);
         tracing::info!(%addr, "sluice listening");

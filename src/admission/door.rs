@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -67,8 +68,10 @@ struct Counts {
 
 pub struct Door {
     counts: Mutex<Counts>,
-    rates: Option<Rates>,
-    failures: Option<Keyed<IpAddr>>,
+    rates: ArcSwapOption<Rates>,
+    failures: ArcSwapOption<Keyed<IpAddr>>,
+    /// The limits the rate limiters were built from, to rebuild them only when they change.
+    built_from: Mutex<(u32, u32, u32)>,
     /// Addresses refused until the given time for failing to log in too often.
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     refused: [AtomicU64; 7],
@@ -102,26 +105,56 @@ impl Drop for Admitted {
 
 impl Door {
     pub fn new(config: &Config) -> Door {
-        let l = &config.limits;
-        let rates = NonZeroU32::new(l.connection_rate).map(|rate| {
-            let burst = NonZeroU32::new(l.connection_burst)
-                .unwrap_or(rate.saturating_mul(NonZeroU32::new(2).unwrap()));
-            let quota = Quota::per_second(rate).allow_burst(burst);
-            Rates {
-                per_user_database: RateLimiter::keyed(quota),
-                per_address: RateLimiter::keyed(quota),
-            }
-        });
-        let failures = NonZeroU32::new(l.auth_failures_per_minute)
-            .map(|n| RateLimiter::keyed(Quota::per_minute(n)));
-        Door {
+        let door = Door {
             counts: Mutex::new(Counts::default()),
-            rates,
-            failures,
+            rates: ArcSwapOption::empty(),
+            failures: ArcSwapOption::empty(),
+            built_from: Mutex::new((u32::MAX, u32::MAX, u32::MAX)),
             blocked: Mutex::new(HashMap::new()),
             refused: Default::default(),
             draining: AtomicBool::new(false),
+        };
+        door.reconfigure(config);
+        door
+    }
+
+    /// Take new rate limits from a reloaded config (state is kept when they did not change).
+    pub fn reconfigure(&self, config: &Config) {
+        let l = &config.limits;
+        let wanted = (
+            l.connection_rate,
+            l.connection_burst,
+            l.auth_failures_per_minute,
+        );
+        let mut built = self.built_from.lock().unwrap();
+        if *built == wanted {
+            return;
         }
+        *built = wanted;
+        let rates = NonZeroU32::new(l.connection_rate).map(|rate| {
+            let double = rate.saturating_mul(NonZeroU32::new(2).unwrap());
+            let burst = NonZeroU32::new(l.connection_burst).unwrap_or(double);
+            let quota = Quota::per_second(rate).allow_burst(burst);
+            Arc::new(Rates {
+                per_user_database: RateLimiter::keyed(quota),
+                per_address: RateLimiter::keyed(quota),
+            })
+        });
+        self.rates.store(rates);
+        let failures = NonZeroU32::new(l.auth_failures_per_minute)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
+        self.failures.store(failures);
+    }
+
+    /// Clients of `database` now connected.
+    pub fn clients_of(&self, database: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .databases
+            .get(database)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Let a client in, or say why not. Admin users skip every limit but draining.
@@ -173,7 +206,8 @@ impl Door {
     }
 
     fn check_rates(&self, peer: IpAddr, database: &str, user: &str) -> Result<(), PgError> {
-        let Some(rates) = &self.rates else {
+        let rates = self.rates.load();
+        let Some(rates) = rates.as_deref() else {
             return Ok(());
         };
         let now = DefaultClock::default().now();
@@ -218,7 +252,8 @@ impl Door {
 
     /// A login from `peer` failed; past the per-minute budget, refuse the address for a while.
     pub fn auth_failed(&self, peer: IpAddr) {
-        let Some(failures) = &self.failures else {
+        let failures = self.failures.load();
+        let Some(failures) = failures.as_deref() else {
             return;
         };
         if let Err(wait) = failures.check_key(&peer) {
@@ -256,11 +291,11 @@ impl Door {
 
     /// Forget rate-limit state for keys not seen lately, so memory stays bounded.
     pub fn tidy(&self) {
-        if let Some(r) = &self.rates {
+        if let Some(r) = self.rates.load().as_deref() {
             r.per_address.retain_recent();
             r.per_user_database.retain_recent();
         }
-        if let Some(f) = &self.failures {
+        if let Some(f) = self.failures.load().as_deref() {
             f.retain_recent();
         }
         let now = Instant::now();

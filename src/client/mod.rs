@@ -136,7 +136,9 @@ async fn open(
     if minor > 0 {
         negotiate(stream, &startup).await.map_err(|_| None)?;
     }
-    let admitted = shared.admit(&config, peer, &database, &user).inspect_err(|_| shared.health.failed())?;
+    let admitted = shared
+        .admit(&config, peer, &database, &user)
+        .inspect_err(|_| shared.health.failed())?;
     let secret = config.users.get(&user).map(|u| &u.password);
     login::authenticate(stream, &user, config.auth.kind, secret, &shared.secrets)
         .await

@@ -25,7 +25,13 @@ impl std::fmt::Display for Change {
         if self.key.ends_with(".password") {
             return write!(f, "{}: changed", self.key);
         }
-        write!(f, "{}: {} -> {}", self.key, side(&self.old), side(&self.new))
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.key,
+            side(&self.old),
+            side(&self.new)
+        )
     }
 }
 
@@ -98,8 +104,14 @@ mod tests {
     #[test]
     fn one_line_per_changed_key_with_resolved_values() {
         let users = "[users.a]\npassword = \"x\"\n";
-        let old = config("[databases.app]\npool_size = 100\n[limits]\nmax_server_connections = 200\n", users);
-        let new = config("[databases.app]\npool_size = 10\n[limits]\nmax_server_connections = 200\n", users);
+        let old = config(
+            "[databases.app]\npool_size = 100\n[limits]\nmax_server_connections = 200\n",
+            users,
+        );
+        let new = config(
+            "[databases.app]\npool_size = 10\n[limits]\nmax_server_connections = 200\n",
+            users,
+        );
         let d = diff(&old, &new);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].to_string(), "databases.app.pool_size: 100 -> 10");
@@ -119,7 +131,11 @@ mod tests {
         let old = config("[databases.a]\n[databases.b]\n", "");
         let new = config("[databases.a]\n", "");
         let d = diff(&old, &new);
-        assert!(d.iter().any(|c| c.to_string() == "databases.b.port: 5432 -> (unset)"), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|c| c.to_string() == "databases.b.port: 5432 -> (unset)"),
+            "{d:?}"
+        );
         assert!(diff(&old, &old).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use toml::Value;
 
 use super::load::{join_key, toml_key};
 use super::units::{format_duration, format_size};
-use super::{AuthType, Config, PoolMode, QueuePolicy, SessionStatePolicy};
+use super::{AuthType, Config, LogFormat, PoolMode, QueuePolicy, SessionStatePolicy};
 use crate::auth::Secret;
 
 /// Render `config` as TOML text (it parses as TOML; users appear as `password_kind`).
@@ -20,6 +20,7 @@ pub(super) fn render(config: &Config) -> String {
     listen_and_auth(&mut out, config);
     limits_and_pool(&mut out, config);
     reload(&mut out, config);
+    log(&mut out, config);
     databases(&mut out, config);
     users(&mut out, config);
     out.0
@@ -41,6 +42,7 @@ fn listen_and_auth(out: &mut Out, config: &Config) {
     out.kv("type", string(kind));
     out.kv("file", path(&config.auth.file));
     out.kv("admin_users", list(&config.auth.admin_users));
+    out.kv("stats_users", list(&config.auth.stats_users));
 }
 
 fn limits_and_pool(out: &mut Out, config: &Config) {
@@ -119,6 +121,17 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
     }
 }
 
+fn log(out: &mut Out, config: &Config) {
+    out.header("log");
+    let format = match config.log.format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    out.kv("format", string(format));
+    let period = format_duration(config.log.stats_period);
+    out.kv("stats_period", string(&period));
+}
+
 fn reload(out: &mut Out, config: &Config) {
     let r = &config.reload;
     out.header("reload");
@@ -127,10 +140,16 @@ fn reload(out: &mut Out, config: &Config) {
     out.kv("max_shrink_percent", r.max_shrink_percent.to_string());
     out.kv("watch_window", string(&format_duration(r.watch_window)));
     out.kv("rollback_error_rate", r.rollback_error_rate.to_string());
-    out.kv("rollback_latency_factor", r.rollback_latency_factor.to_string());
+    out.kv(
+        "rollback_latency_factor",
+        r.rollback_latency_factor.to_string(),
+    );
     let floor = format_duration(r.rollback_latency_floor);
     out.kv("rollback_latency_floor", string(&floor));
-    out.kv("sample_interval", string(&format_duration(r.sample_interval)));
+    out.kv(
+        "sample_interval",
+        string(&format_duration(r.sample_interval)),
+    );
     out.kv("rollback_samples", r.rollback_samples.to_string());
 }
 

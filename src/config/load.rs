@@ -10,12 +10,21 @@ use toml::{Table, Value};
 
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
-    Auth, AuthType, Config, ConfigError, Database, Limits, Listen, PoolDefaults, PoolMode,
-    QueuePolicy, Reload, SessionStatePolicy, User,
+    Auth, AuthType, Config, ConfigError, Database, Limits, Listen, Log, LogFormat, PoolDefaults,
+    PoolMode, QueuePolicy, Reload, SessionStatePolicy, User,
 };
 use crate::auth::Secret;
 
-const TOP: &[&str] = &["listen", "auth", "limits", "pool", "databases", "reload"];
+const TOP: &[&str] = &[
+    "listen",
+    "auth",
+    "limits",
+    "pool",
+    "databases",
+    "reload",
+    "log",
+];
+const LOG: &[&str] = &["format", "stats_period"];
 const RELOAD: &[&str] = &[
     "watch",
     "debounce",
@@ -28,7 +37,7 @@ const RELOAD: &[&str] = &[
     "rollback_samples",
 ];
 const LISTEN: &[&str] = &["addr", "http"];
-const AUTH: &[&str] = &["type", "file", "admin_users"];
+const AUTH: &[&str] = &["type", "file", "admin_users", "stats_users"];
 const LIMITS: &[&str] = &[
     "max_client_connections",
     "max_server_connections",
@@ -106,6 +115,7 @@ pub(super) fn parse(
     let pool = parse_pool(&pool_section)?;
     let databases = parse_databases(&top)?;
     let reload = parse_reload(&top.section("reload", RELOAD)?)?;
+    let log = parse_log(&top.section("log", LOG)?)?;
     let users = match users_text {
         Some(text) => parse_users(text, &auth.file)?,
         None => parse_users(&read_users_file(&auth.file, source)?, &auth.file)?,
@@ -119,6 +129,7 @@ pub(super) fn parse(
         databases,
         users,
         reload,
+        log,
     };
     validate(&config, pool_section.get("size").is_some())?;
     Ok(config)
@@ -144,7 +155,8 @@ fn parse_listen(s: &Section) -> Result<Listen, ConfigError> {
         None => DEFAULT_LISTEN.parse().expect("default listen address"),
     };
     let http = s.socket_addr("http")?;
-    if http == Some(addr) {
+    // Port 0 asks for any free port, so two of them do not collide.
+    if http == Some(addr) && addr.port() != 0 {
         return Err(s.err(
             "http",
             format!("must differ from listen.addr (both are {addr})"),
@@ -169,10 +181,15 @@ fn parse_auth(s: &Section, source: &Path) -> Result<Auth, ConfigError> {
     if admin_users.iter().any(String::is_empty) {
         return Err(s.err("admin_users", "user names must not be empty"));
     }
+    let stats_users = s.string_list("stats_users")?;
+    if stats_users.iter().any(String::is_empty) {
+        return Err(s.err("stats_users", "user names must not be empty"));
+    }
     Ok(Auth {
         kind,
         file,
         admin_users,
+        stats_users,
     })
 }
 
@@ -248,6 +265,21 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
     })
 }
 
+fn parse_log(s: &Section) -> Result<Log, ConfigError> {
+    let format = match s.string("format")? {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            let reason = format!("must be \"text\" or \"json\" (got {other:?})");
+            return Err(s.err("format", reason));
+        }
+    };
+    Ok(Log {
+        format,
+        stats_period: s.duration("stats_period", false)?.unwrap_or(secs(60)),
+    })
+}
+
 fn parse_reload(s: &Section) -> Result<Reload, ConfigError> {
     let max_shrink_percent = s.count("max_shrink_percent", 0)?.unwrap_or(50);
     if max_shrink_percent > 100 {
@@ -256,7 +288,9 @@ fn parse_reload(s: &Section) -> Result<Reload, ConfigError> {
     }
     Ok(Reload {
         watch: s.boolean("watch")?.unwrap_or(false),
-        debounce: s.duration("debounce", true)?.unwrap_or(Duration::from_millis(500)),
+        debounce: s
+            .duration("debounce", true)?
+            .unwrap_or(Duration::from_millis(500)),
         max_shrink_percent: max_shrink_percent as u32,
         watch_window: s.duration("watch_window", true)?.unwrap_or(secs(30)),
         rollback_error_rate: s.fraction("rollback_error_rate")?.unwrap_or(0.05),
@@ -1485,5 +1519,31 @@ password = "SCRAM-SHA-256$4096:jB89Kpt+b1BBorPE1eb3CA==$je2jP7bhuOmdTTtOTrzB7tg9
         assert_eq!(edit_distance("siz", "size"), 1);
         assert_eq!(edit_distance("mode", "port"), 3);
         assert_eq!(unknown_key("pool", "xyz", POOL), "unknown key");
+    }
+
+    #[test]
+    fn stats_users_and_the_log_section() {
+        let main = format!(
+            "[auth]\nstats_users = [\"watcher\"]\n[log]\nformat = \"json\"\nstats_period = \"15s\"\n{MINIMAL}"
+        );
+        let c = parse_with(&main, ALICE).unwrap();
+        assert_eq!(c.auth.stats_users, ["watcher"]);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.stats_period, secs(15));
+        let d = parse_with(MINIMAL, ALICE).unwrap();
+        assert!(d.auth.stats_users.is_empty());
+        assert_eq!(
+            (d.log.format, d.log.stats_period),
+            (LogFormat::Text, secs(60))
+        );
+        let bad = format!("[log]\nformat = \"xml\"\n{MINIMAL}");
+        assert!(main_reason(&bad, "log.format").contains("\"text\" or \"json\""));
+        let empty = format!("[auth]\nstats_users = [\"\"]\n{MINIMAL}");
+        assert!(main_reason(&empty, "auth.stats_users").contains("must not be empty"));
+        let zero = format!("[listen]\naddr = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{MINIMAL}");
+        assert!(
+            parse_with(&zero, ALICE).is_ok(),
+            "two port-0 listeners do not collide"
+        );
     }
 }

@@ -81,6 +81,24 @@ pub struct Config {
     /// From the users file named by `auth.file`.
     pub users: BTreeMap<String, User>,
     pub reload: Reload,
+    pub log: Log,
+}
+
+/// How sluice logs.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    /// How often the per-pool stats line is logged (and the window of SHOW STATS averages).
+    pub stats_period: Duration,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// How sluice takes a new config: triggers, guard rails, and the watch after applying.
@@ -118,6 +136,8 @@ pub struct Auth {
     /// Resolved against the directory of the main config file.
     pub file: PathBuf,
     pub admin_users: Vec<String>,
+    /// Users who may read the admin console (SHOW) but not run its commands.
+    pub stats_users: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -7,9 +7,11 @@
 //! goes straight to the oldest waiter of its pool, and freed capacity to the oldest waiter that
 //! can use it. The lock is a plain mutex held for a few field updates, never across an await.
 
+mod control;
 mod slot;
 mod state;
 
+pub use control::{ConnectOutcome, ServerView};
 pub use slot::Slot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,11 +203,13 @@ impl PoolSet {
     }
 
     async fn connect(&self, pool: PoolId, slot: Slot) -> Result<ServerConn, CheckoutError> {
-        let target = self.lock().target(pool);
+        let (target, generation) = self.lock().target(pool);
         let id = self.next_server_id.fetch_add(1, Ordering::Relaxed);
-        let server = ServerConn::connect(&target, &self.salted, slot, id)
-            .await
-            .map_err(CheckoutError::Connect)?;
+        let result = ServerConn::connect(&target, &self.salted, slot, id).await;
+        self.lock()
+            .count_connect(control::ConnectOutcome::of(&result));
+        let mut server = result.map_err(CheckoutError::Connect)?;
+        server.generation = generation;
         self.lock().learn_params(pool, &server.params);
         tracing::debug!(server = id, pid = server.key.pid, "backend connected");
         Ok(server)
@@ -221,6 +225,23 @@ impl PoolSet {
             st.grant_freed(&self.me);
             doomed
         };
+        drop(doomed);
+    }
+
+    /// Apply a new config to every pool (see `State::reconfigure`), then hand any capacity
+    /// that growth freed to waiters.
+    pub fn reconfigure(
+        &self,
+        max_server_connections: usize,
+        reserves: Vec<(String, usize)>,
+        settings_for: impl Fn(&str, &str) -> Option<PoolSettings>,
+    ) {
+        let mut doomed = Vec::new();
+        {
+            let mut st = self.lock();
+            st.reconfigure(max_server_connections, reserves, settings_for, &mut doomed);
+            st.grant_freed(&self.me);
+        }
         drop(doomed);
     }
 

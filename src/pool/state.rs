@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::control::{covers, ConnectOutcome, Control, ServerView};
 use super::{Event, PoolId, PoolSet, PoolSettings, PoolStats, Shed, Slot};
 use crate::admission::adaptive::Gradient;
 use crate::admission::codel::Codel;
@@ -78,6 +79,8 @@ struct Pool {
     codel: Codel,
     adaptive: Option<Gradient>,
     counters: Counters,
+    /// Bumped when the pool's connect target changes; older backends close at checkin.
+    generation: u64,
 }
 
 impl Pool {
@@ -100,6 +103,8 @@ pub(super) struct State {
     reserves: Vec<(String, usize)>,
     next_waiter: u64,
     closed: bool,
+    /// PAUSE/RESUME and connect outcomes, for the admin console.
+    control: Control,
 }
 
 impl State {
@@ -115,6 +120,7 @@ impl State {
             reserves: Vec::new(),
             next_waiter: 0,
             closed: false,
+            control: Control::default(),
         }
     }
 
@@ -151,6 +157,7 @@ impl State {
             server_params: None,
             learning: Arc::default(),
             counters: Counters::default(),
+            generation: 0,
         });
         self.index
             .insert((database.to_string(), user.to_string()), id);
@@ -240,7 +247,8 @@ impl State {
         let now = Instant::now();
         self.shed_stale(pool, now);
         // Waiters come first: a newcomer takes nothing while others queue.
-        if self.pools[pool].waiters.is_empty() && self.may_use(pool) {
+        let paused = self.control.is_paused(&self.pools[pool].database);
+        if self.pools[pool].waiters.is_empty() && self.may_use(pool) && !paused {
             if let Some(take) = self.take_now(pool, now, set, doomed) {
                 return take;
             }
@@ -387,7 +395,8 @@ impl State {
 
     fn next_pool_to_grant(&self, now: Instant) -> Option<PoolId> {
         let candidates = (0..self.pools.len())
-            .filter(|&p| !self.pools[p].waiters.is_empty() && self.can_open(p) && self.may_use(p));
+            .filter(|&p| !self.pools[p].waiters.is_empty() && self.can_open(p) && self.may_use(p))
+            .filter(|&p| !self.control.is_paused(&self.pools[p].database));
         candidates
             .map(|p| {
                 let under_share = self.pools[p].open < self.fair_share(p);
@@ -426,7 +435,9 @@ impl State {
         if let Some(g) = p.adaptive.as_mut() {
             g.sample(now.duration_since(server.checked_out_at), in_flight);
         }
-        if self.closed || p.open > p.settings.size || server.expired(now, p.settings.lifetime) {
+        let stale = server.generation != p.generation || server.expired(now, p.settings.lifetime);
+        let paused = self.control.is_paused(&p.database);
+        if self.closed || p.open > p.settings.size || stale || paused {
             return Some(server);
         }
         if self.yields_to_another(pool) {
@@ -480,8 +491,69 @@ impl State {
         }
     }
 
-    pub(super) fn target(&self, pool: PoolId) -> Arc<ConnectTarget> {
-        self.pools[pool].target.clone()
+    pub(super) fn target(&self, pool: PoolId) -> (Arc<ConnectTarget>, u64) {
+        (self.pools[pool].target.clone(), self.pools[pool].generation)
+    }
+
+    /// Take new settings for every pool, the global cap and the reserves. `settings_for`
+    /// gives a pool's new settings (None: its database is gone, so it drains to nothing).
+    /// Growth takes effect at once; idle backends over a smaller size are closed now, busy
+    /// ones when their transaction ends.
+    pub(super) fn reconfigure(
+        &mut self,
+        max_server_connections: usize,
+        reserves: Vec<(String, usize)>,
+        settings_for: impl Fn(&str, &str) -> Option<PoolSettings>,
+        doomed: &mut Vec<ServerConn>,
+    ) {
+        self.global.max = max_server_connections;
+        self.reserves = reserves;
+        let now = Instant::now();
+        for i in 0..self.pools.len() {
+            let (database, user) = (self.pools[i].database.clone(), self.pools[i].user.clone());
+            let mut next = settings_for(&database, &user).unwrap_or_else(|| PoolSettings {
+                size: 0,
+                min_size: 0,
+                ..self.pools[i].settings.clone()
+            });
+            let db = self.pools[i].db;
+            self.dbs[db].1.max = next.database_max.unwrap_or(usize::MAX);
+            let p = &mut self.pools[i];
+            let (a, b) = (&next.target, &p.settings.target);
+            let moved =
+                (&a.host, a.port, &a.dbname, &a.user) != (&b.host, b.port, &b.dbname, &b.user);
+            if moved {
+                p.target = Arc::new(next.target.clone());
+                p.generation += 1;
+                doomed.append(&mut p.idle);
+            }
+            if (next.codel_interval, next.codel_target)
+                != (p.settings.codel_interval, p.settings.codel_target)
+            {
+                p.codel = Codel::new(next.codel_interval, next.codel_target, now);
+            }
+            p.adaptive = match (next.adaptive_min, p.adaptive.take()) {
+                (Some(min), Some(_))
+                    if p.settings.size == next.size && p.settings.adaptive_min == Some(min) =>
+                {
+                    Some(Gradient::new(min, next.size))
+                }
+                (Some(min), _) => Some(Gradient::new(min, next.size)),
+                (None, _) => None,
+            };
+            std::mem::swap(&mut p.settings, &mut next);
+            // Idle backends beyond the new size go now (oldest first); busy ones at checkin.
+            let already = doomed.iter().filter(|s| s.pool_id() == i).count();
+            let mut open = p.open - already;
+            while open > p.settings.size && !p.idle.is_empty() {
+                open -= 1;
+                doomed.push(p.idle.remove(0));
+            }
+        }
+        for server in doomed.iter_mut() {
+            self.uncount(server.pool_id());
+            server.slot.disarm();
+        }
     }
 
     pub(super) fn learn_params(&mut self, pool: PoolId, params: &Params) {
@@ -554,6 +626,9 @@ impl State {
         for pool in 0..self.pools.len() {
             self.shed_stale(pool, now);
             self.serve_idle(pool);
+            if self.control.is_paused(&self.pools[pool].database) {
+                continue;
+            }
             let floor = self.pools[pool]
                 .settings
                 .min_size
@@ -577,5 +652,64 @@ impl State {
             .iter_mut()
             .flat_map(|p| p.idle.drain(..))
             .collect()
+    }
+}
+
+/// Operator controls for the admin console (see `control.rs`).
+impl State {
+    pub(super) fn pause(&mut self, database: Option<&str>, doomed: &mut Vec<ServerConn>) {
+        self.control.pause(database);
+        self.close_idle(database, false, doomed);
+    }
+
+    pub(super) fn resume(&mut self, database: Option<&str>) -> Result<(), String> {
+        self.control.resume(database)
+    }
+
+    /// Close idle backends of `database` now; busy ones close at checkin (a new generation).
+    pub(super) fn reconnect(&mut self, database: Option<&str>, doomed: &mut Vec<ServerConn>) {
+        self.close_idle(database, true, doomed);
+    }
+
+    fn close_idle(&mut self, database: Option<&str>, retire: bool, doomed: &mut Vec<ServerConn>) {
+        let start = doomed.len();
+        for p in self
+            .pools
+            .iter_mut()
+            .filter(|p| covers(database, &p.database))
+        {
+            if retire {
+                p.generation += 1;
+            }
+            doomed.append(&mut p.idle);
+        }
+        for server in doomed[start..].iter_mut() {
+            self.uncount(server.pool_id());
+            server.slot.disarm();
+        }
+    }
+
+    pub(super) fn is_paused(&self, database: &str) -> bool {
+        self.control.is_paused(database)
+    }
+
+    pub(super) fn in_use_of(&self, database: Option<&str>) -> usize {
+        let pools = self.pools.iter().filter(|p| covers(database, &p.database));
+        pools.map(Pool::in_use).sum()
+    }
+
+    pub(super) fn idle_servers(&self, now: Instant) -> Vec<ServerView> {
+        let pools = self.pools.iter();
+        let idle = pools.flat_map(|p| p.idle.iter().map(move |s| (p, s)));
+        idle.map(|(p, s)| ServerView::of(s, &p.database, &p.user, now))
+            .collect()
+    }
+
+    pub(super) fn count_connect(&mut self, outcome: ConnectOutcome) {
+        self.control.count_connect(outcome);
+    }
+
+    pub(super) fn connect_counts(&self) -> [u64; 4] {
+        self.control.connects
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extended;
 pub mod frame;
 pub mod messages;
+pub mod rows;
 pub mod startup;
 
 pub use error::PgError;

@@ -33,7 +33,11 @@ pub fn check(old: &Config, new: &Config, clients_of: impl Fn(&str) -> usize) -> 
             )));
         }
     }
-    for name in old.databases.keys().filter(|d| !new.databases.contains_key(*d)) {
+    for name in old
+        .databases
+        .keys()
+        .filter(|d| !new.databases.contains_key(*d))
+    {
         let n = clients_of(name);
         if n > 0 {
             out.push(Violation(format!(
@@ -51,16 +55,26 @@ pub fn check(old: &Config, new: &Config, clients_of: impl Fn(&str) -> usize) -> 
 fn capacities(config: &Config, implied: &Config) -> Vec<(String, usize)> {
     let l = &config.limits;
     let mut caps = vec![
-        ("limits.max_client_connections".to_string(), l.max_client_connections),
-        ("limits.max_server_connections".to_string(), l.max_server_connections),
+        (
+            "limits.max_client_connections".to_string(),
+            l.max_client_connections,
+        ),
+        (
+            "limits.max_server_connections".to_string(),
+            l.max_server_connections,
+        ),
         ("pool.size".to_string(), config.pool.size),
     ];
     for (name, db) in &config.databases {
         let key = |k: &str| format!("databases.{name}.{k}");
         caps.push((key("pool_size"), db.pool_size.unwrap_or(config.pool.size)));
-        let db_max = db.max_connections.unwrap_or(implied.limits.max_server_connections);
+        let db_max = db
+            .max_connections
+            .unwrap_or(implied.limits.max_server_connections);
         caps.push((key("max_connections"), db_max));
-        let clients = db.max_client_connections.unwrap_or(implied.limits.max_client_connections);
+        let clients = db
+            .max_client_connections
+            .unwrap_or(implied.limits.max_client_connections);
         caps.push((key("max_client_connections"), clients));
     }
     for (name, user) in &config.users {
@@ -90,7 +104,9 @@ mod tests {
         let new = config("[databases.app]\npool_size = 10\n");
         let v = check(&old, &new, |_| 0);
         assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].0.starts_with("databases.app.pool_size: 100 -> 10 cuts capacity by 90%"));
+        assert!(v[0]
+            .0
+            .starts_with("databases.app.pool_size: 100 -> 10 cuts capacity by 90%"));
     }
 
     #[test]
@@ -106,7 +122,11 @@ mod tests {
         let old = config("[databases.app]\n");
         let new = config("[databases.app]\nmax_connections = 10\n");
         let v = check(&old, &new, |_| 0);
-        assert!(v[0].0.starts_with("databases.app.max_connections: 200 -> 10"), "{v:?}");
+        assert!(
+            v[0].0
+                .starts_with("databases.app.max_connections: 200 -> 10"),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -115,6 +135,8 @@ mod tests {
         let new = config("[databases.app]\n");
         assert!(check(&old, &new, |_| 0).is_empty());
         let v = check(&old, &new, |db| usize::from(db == "old") * 3);
-        assert!(v[0].0.contains("databases.old is removed but has 3 connected client(s)"));
+        assert!(v[0]
+            .0
+            .contains("databases.old is removed but has 3 connected client(s)"));
     }
 }

@@ -100,6 +100,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// When the current client got it (for the transaction time the adaptive limit learns).
     pub checked_out_at: Instant,
+    /// The pool's connect-target generation it was made under.
+    pub generation: u64,
     pub(crate) slot: Slot,
 }
 
@@ -139,6 +141,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             checked_out_at: now,
+            generation: 0,
             slot,
         })
     }
