@@ -1,5 +1,6 @@
 //! Integration tests: one test binary, one shared PostgreSQL cluster.
 
+mod admin;
 mod admission;
 mod basics;
 mod cluster;

@@ -5,6 +5,7 @@
 //! `server` (one backend connection), `protocol` (framing and messages), `auth` (password
 //! math), `config` (the immutable settings snapshot), `cancel` (cancel routing).
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cancel;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice::config::LogFormat;
 use sluice::{Config, Proxy};
 
 #[derive(Parser)]
@@ -42,12 +43,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if cli.command.is_some() {
+        init_logging(LogFormat::Text);
+    }
     match cli.command {
         Some(Command::Check { config, against }) => match against {
             None => check(&config),
@@ -63,6 +61,20 @@ fn main() -> ExitCode {
             }
         }),
         None => run(&cli.config),
+    }
+}
+
+/// Logs go to stderr, as text lines or one JSON object per line (`log.format`); `RUST_LOG`
+/// sets the level (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -101,7 +113,11 @@ fn check_against(new: &Path, old: &Path) -> ExitCode {
         println!("no changes");
     }
     for change in &changes {
-        println!("{change}");
+        if change.key.starts_with("listen.") {
+            println!("{change} (needs a restart: RELOAD keeps the running value)");
+        } else {
+            println!("{change}");
+        }
     }
     let violations = sluice::reload::guard::check(&old, &new, |_| 1);
     if violations.is_empty() {
@@ -123,6 +139,7 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_logging(config.log.format);
     runtime().block_on(async {
         let proxy = match Proxy::start(config).await {
             Ok(proxy) => proxy,
@@ -132,7 +149,12 @@ fn run(path: &Path) -> ExitCode {
             }
         };
         spawn_sighup_reload(&proxy);
-        wait_for_stop_signal().await;
+        // SIGINT, SIGTERM or the admin console's SHUTDOWN.
+        let shutdown = proxy.shared().admin.stop.clone();
+        tokio::select! {
+            _ = wait_for_stop_signal() => {}
+            _ = shutdown.cancelled() => {}
+        }
         tracing::info!("shutting down: no new clients; waiting up to 30s for sessions to end");
         proxy.shutdown(Duration::from_secs(30)).await;
         ExitCode::SUCCESS

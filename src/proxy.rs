@@ -33,6 +33,8 @@ pub struct Shared {
     /// What clients experience, for judging a reload.
     pub health: crate::health::Health,
     pub reloader: crate::reload::Reloader,
+    /// The admin console, metrics and the client registry.
+    pub admin: crate::admin::Admin,
     /// Prepared statements shared by every client, for transaction mode.
     pub statements: Registry,
     /// Connections accepted and not yet closed.
@@ -174,12 +176,14 @@ impl Proxy {
             door,
             health: Default::default(),
             reloader,
+            admin: Default::default(),
             statements,
             clients: AtomicUsize::new(0),
             fd_client_budget,
             shutdown: CancellationToken::new(),
         });
         shared.reloader.attach(&shared);
+        crate::admin::start(&shared).await?;
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         spawn_tidying(&shared);
         tracing::info!(%addr, "sluice listening");

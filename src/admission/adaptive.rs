@@ -26,7 +26,9 @@ pub struct Gradient {
 }
 
 impl Gradient {
+    /// `min` above `max` (a user's pool smaller than `adaptive_min`) is taken as `max`.
     pub fn new(min: usize, max: usize) -> Gradient {
+        let min = min.min(max).max(1);
         Gradient {
             limit: max as f64,
             min: min as f64,
@@ -102,6 +104,14 @@ mod tests {
             g.sample(10 * MS, g.limit().max(1));
         }
         assert!(g.limit() > squeezed, "recovers to {}", g.limit());
+    }
+
+    #[test]
+    fn a_floor_above_the_pool_size_does_not_panic() {
+        let mut g = Gradient::new(5, 2);
+        g.sample(10 * MS, 2);
+        g.sample(500 * MS, 2);
+        assert!(g.limit() <= 2);
     }
 
     #[test]

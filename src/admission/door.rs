@@ -289,6 +289,11 @@ impl Door {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Whether new clients are refused because sluice is draining (for /readyz).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Forget rate-limit state for keys not seen lately, so memory stays bounded.
     pub fn tidy(&self) {
         if let Some(r) = self.rates.load().as_deref() {

@@ -21,6 +21,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::admin::clients::{until_killed, NewClient};
+use crate::admin::tally::Tally;
 use crate::admission::Admitted;
 use crate::cancel::send_cancel;
 use crate::config::{Config, PoolMode};
@@ -42,17 +44,23 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     };
     let registered = shared.cancels.register();
     let login_timeout = shared.config.load().limits.login_timeout;
-    let opened = tokio::time::timeout(login_timeout, open(&mut stream, &shared, peer.ip())).await;
+    // Boxed: login state is freed once login is done instead of sizing the whole session.
+    let login = Box::pin(open(&mut stream, &shared, peer.ip()));
+    let opened = tokio::time::timeout(login_timeout, login).await;
     let (startup, server) = match opened {
-        Ok(Ok(Some(ok))) => ok,
+        Ok(Ok(Some(Opened::Pooled(startup, server)))) => (startup, server),
+        Ok(Ok(Some(Opened::Console(login)))) => {
+            let cancel = registered.slot.clone();
+            return crate::admin::console::serve(stream, shared.clone(), login, cancel).await;
+        }
         Ok(Ok(None)) | Ok(Err(None)) => return,
-        Ok(Err(Some(refusal))) => return refuse(&mut stream, &refusal).await,
+        Ok(Err(Some(refusal))) => return refuse(&mut stream, &shared, &refusal).await,
         Err(_) => {
             let err = PgError::fatal(
                 code::CONNECTION_FAILURE,
                 "login did not complete within limits.login_timeout",
             );
-            return refuse(&mut stream, &err).await;
+            return refuse(&mut stream, &shared, &err).await;
         }
     };
     let cancel = registered.slot.clone();
@@ -61,7 +69,21 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     if stream.write_all(&reply).await.is_err() {
         return;
     }
+    // Admin: list the session in the client registry, count its traffic, let KILL end it.
+    let registration = shared.admin.clients.register(NewClient {
+        id: cancel.pid,
+        user: startup.user.clone(),
+        database: startup.database.clone(),
+        pool: Some(startup.pool),
+        peer,
+        local: stream.local_addr().ok(),
+        application_name: startup.params.get("application_name").unwrap_or("").into(),
+    });
+    let entry = registration.entry.clone();
+    let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let session = Session {
+        tally: Tally::new(meters, entry.clone()),
         shared: shared.clone(),
         client: stream,
         input: BytesMut::new(),
@@ -76,13 +98,17 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         state: Default::default(),
         _admitted: startup.admitted,
     };
-    match server {
-        Some(server) => session.run_session_mode(server).await,
-        None => session.run_transaction_mode().await,
-    }
+    let run = async move {
+        match server {
+            Some(server) => session.run_session_mode(server).await,
+            None => session.run_transaction_mode().await,
+        }
+    };
+    until_killed(&entry, fd, run).await;
 }
 
-async fn refuse(stream: &mut TcpStream, err: &PgError) {
+async fn refuse(stream: &mut TcpStream, shared: &Shared, err: &PgError) {
+    shared.admin.errors.count(err);
     let mut out = BytesMut::new();
     err.encode(&mut out);
     let _ = stream.write_all(&out).await;
@@ -102,12 +128,20 @@ struct Startup {
     admitted: Admitted,
 }
 
+/// What login settled: a pooled session (with its backend in session mode), or the admin
+/// console.
+#[allow(clippy::large_enum_variant)] // one per login, moved once
+enum Opened {
+    Pooled(Startup, Option<ServerConn>),
+    Console(crate::admin::console::ConsoleLogin),
+}
+
 /// Ok(None): nothing more to do (a cancel request). Err(None): the client left.
 async fn open(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     peer: IpAddr,
-) -> Result<Option<(Startup, Option<ServerConn>)>, Option<PgError>> {
+) -> Result<Option<Opened>, Option<PgError>> {
     let (minor, startup) = match startup::read_opening(stream).await {
         Ok(Opening::Cancel { pid, secret }) => {
             if let Some(target) = shared.cancels.target(pid, secret) {
@@ -154,8 +188,13 @@ async fn open(
     let mut ok = BytesMut::new();
     messages::auth_ok(&mut ok);
     stream.write_all(&ok).await.map_err(|_| None)?;
-    let chosen = choose_pool(shared, &config, &database, &user, &startup, admitted).await?;
-    Ok(Some(chosen))
+    if crate::admin::console::is_console(&config, &database) {
+        let login = crate::admin::console::admit(&config, &user, &database, &startup, admitted)?;
+        return Ok(Some(Opened::Console(login)));
+    }
+    let (startup, server) =
+        choose_pool(shared, &config, &database, &user, &startup, admitted).await?;
+    Ok(Some(Opened::Pooled(startup, server)))
 }
 
 fn find<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -199,15 +238,19 @@ async fn choose_pool(
     });
     let mode = config.pool_mode(database);
     let deadline = Instant::now() + config.pool.queue_timeout;
-    let refusal = |e| Some(session::login_refusal(e, database, user));
+    let refusal = |e| {
+        shared.health.failed();
+        Some(session::login_refusal(e, database, user))
+    };
     let server = match mode {
-        PoolMode::Session => Some(
-            shared
-                .pools
-                .checkout(pool, deadline)
-                .await
-                .map_err(refusal)?,
-        ),
+        PoolMode::Session => {
+            let started = Instant::now();
+            let server = shared.pools.checkout(pool, deadline).await;
+            let server = server.map_err(refusal)?;
+            let meters = shared.admin.meters.pool(pool, database, user);
+            meters.checked_out(started.elapsed());
+            Some(server)
+        }
         PoolMode::Transaction => None,
     };
     let reported = shared
@@ -367,5 +410,16 @@ mod tests {
         assert_eq!(err.code, code::PROTOCOL_VIOLATION);
         assert!(err.message.contains("search_path"));
         assert!(requested_params(&bad, &["search_path".to_string()]).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every idle client holds a Session; the pump and the login are boxed while they run,
+    /// so this struct is most of an idle client's task.
+    #[test]
+    fn a_session_is_small() {
+        let size = std::mem::size_of::<super::session::Session>();
+        assert!(size < 1024, "Session is {size} bytes");
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::rewrite::{self, ClientState, Ctx, Handled, Rules};
 use super::transaction::TxState;
+use crate::admin::tally::Tally;
 use crate::cancel::{send_cancel, CancelTarget};
 use crate::params::{self, Params};
 use crate::prepared::BackendStatements;
@@ -74,6 +75,8 @@ pub struct ClientSide<'a, 'r> {
     pub timeouts: Timeouts,
     /// Called when a statement is cancelled for running past `pool.query_timeout`.
     pub on_query_timeout: &'a (dyn Fn() + Sync),
+    /// Traffic counts for the metrics and the admin console.
+    pub tally: &'a mut Tally,
 }
 
 /// The state both walks update.
@@ -86,6 +89,7 @@ struct Flow<'a, 'r> {
     statements: &'a mut BackendStatements,
     extra: &'a [String],
     rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
+    tally: &'a mut Tally,
 }
 
 /// Forward between client and backend until `Ended`. Returns the bytes still owed to the
@@ -126,13 +130,16 @@ pub async fn forward(
         statements,
         extra: client.extra_params,
         rewrite: client.rewrite,
+        tally: client.tally,
     };
 
     let end = 'forward: {
         if let Err(end) = flow.walk_client(input, &mut to_server, &mut to_client) {
             break 'forward end;
         }
+        flow.tally.requests(flow.tx.pending());
         loop {
+            flow.flush_tally();
             if release_when_idle && flow.may_release() && to_server.is_empty() && rbuf.is_empty() {
                 break 'forward Ended::Released;
             }
@@ -147,7 +154,10 @@ pub async fn forward(
                     _ => break 'forward Ended::ServerGone,
                 },
                 r = cwr.write(&to_client), if !to_client.is_empty() => match r {
-                    Ok(n) if n > 0 => drained(&mut to_client, n),
+                    Ok(n) if n > 0 => {
+                        flow.tally.sent(n);
+                        drained(&mut to_client, n);
+                    }
                     _ => break 'forward flow.client_gone(&to_server),
                 },
                 r = srd.read_buf(rbuf), if to_client.len() < MAX_PENDING => match r {
@@ -160,10 +170,12 @@ pub async fn forward(
                 },
                 r = crd.read_buf(input), if to_server.len() < MAX_PENDING => match r {
                     Ok(n) if n > 0 => {
+                        flow.tally.received(n);
                         let was_pending = flow.tx.pending();
                         if let Err(end) = flow.walk_client(input, &mut to_server, &mut to_client) {
                             break 'forward end;
                         }
+                        flow.tally.requests(flow.tx.pending());
                         clock.client_spoke(was_pending == 0 && flow.tx.pending() > 0);
                     }
                     _ => break 'forward flow.client_gone(&to_server),
@@ -181,6 +193,9 @@ pub async fn forward(
             }
         }
     };
+    // The caller writes what is still owed to the client.
+    flow.tally.sent(to_client.len());
+    flow.flush_tally();
     (end, to_client)
 }
 
@@ -267,6 +282,13 @@ fn pass(input: &mut BytesMut, out: &mut BytesMut, n: usize) {
 }
 
 impl Flow<'_, '_> {
+    /// Add the counts so far to the pool's meters (see `Tally::flush`).
+    fn flush_tally(&mut self) {
+        let idle_in_transaction = self.tx.pending() == 0 && self.tx.status() != b'I';
+        let pinned = self.rewrite.as_ref().and_then(|(c, _)| c.pinned.as_deref());
+        self.tally.flush(idle_in_transaction, pinned);
+    }
+
     fn may_release(&self) -> bool {
         let unpinned = self
             .rewrite
@@ -397,7 +419,11 @@ impl Flow<'_, '_> {
     /// ReadyForQuery and ParameterStatus update what sluice knows of the session.
     fn note_server_frame(&mut self, t: u8, frame: &[u8]) {
         match t {
-            tag::READY_FOR_QUERY => self.tx.on_ready(frame.get(5).copied().unwrap_or(b'E')),
+            tag::READY_FOR_QUERY => {
+                let status = frame.get(5).copied().unwrap_or(b'E');
+                self.tx.on_ready(status);
+                self.tally.ready(status, self.tx.pending());
+            }
             tag::PARAMETER_STATUS => {
                 if let Some((name, value)) = parse_parameter_status(&frame[5..]) {
                     self.server_params.set(name, value);

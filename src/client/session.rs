@@ -14,6 +14,7 @@ use super::local::{self, Local};
 use super::pump::{self, ClientSide, Ended, Timeouts, READ_SIZE};
 use super::rewrite::{ClientState, Rules};
 use super::transaction::TxState;
+use crate::admin::tally::Tally;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::{self, Params};
@@ -44,6 +45,8 @@ pub struct Session {
     pub state: ClientState,
     /// Held for the session: the client's place under its client caps.
     pub _admitted: crate::admission::Admitted,
+    /// Admin: traffic meters and this client's entry in the registry.
+    pub tally: Tally,
 }
 
 impl Session {
@@ -53,15 +56,17 @@ impl Session {
             let mut out = BytesMut::new();
             let mut err = e.to_client(&self.database);
             err.severity = crate::protocol::error::Severity::Fatal;
+            self.shared.admin.errors.count(&err);
             err.encode(&mut out);
             let _ = self.client.write_all(&out).await;
             return;
         }
         let mut tx = TxState::default();
+        self.tally.client.bound(&server);
         self.cancel.bind(target(&server));
         let (end, owed) = self.forward(&mut server, &mut tx, false).await;
         self.cancel.unbind();
-        self.finish(server, tx, end, owed).await;
+        Box::pin(self.finish(server, tx, end, owed)).await;
     }
 
     /// Transaction mode: a backend from the first message of a transaction to its end.
@@ -73,9 +78,11 @@ impl Session {
                 None => {}
             }
             let began = Instant::now();
+            self.tally.client.waiting();
             let mut server = match self.bind().await {
                 Ok(server) => server,
                 Err(refusal) => {
+                    self.tally.client.unbound();
                     self.shared.health.failed();
                     if self.shed(refusal).await.is_err() {
                         return;
@@ -96,16 +103,19 @@ impl Session {
             self.cancel.unbind();
             if let Ended::Released = end {
                 self.shared.health.served(began.elapsed());
+                let held = server.checked_out_at.elapsed();
+                self.tally.meters.checked_in(held);
                 self.shared.pools.checkin(server);
                 if self.client.write_all(&owed).await.is_err() {
                     return;
                 }
+                self.tally.client.unbound();
                 continue;
             }
             if matches!(end, Ended::IdleInTransaction | Ended::ServerGone) {
                 self.shared.health.failed();
             }
-            return self.finish(server, tx, end, owed).await;
+            return Box::pin(self.finish(server, tx, end, owed)).await;
         }
     }
 
@@ -142,8 +152,11 @@ impl Session {
             params: &mut self.params,
             extra_params: &self.extra_params,
             rewrite: transaction_mode.then_some((&mut self.state, &rules)),
+            tally: &mut self.tally,
         };
-        let ended = pump::forward(client, server, tx, release).await;
+        // Boxed: the pump's state lives on the heap only while a backend is bound, so an idle
+        // client's task stays small.
+        let ended = Box::pin(pump::forward(client, server, tx, release)).await;
         if matches!(ended.0, Ended::Released) {
             debug_assert!(self.state.tracker.is_empty(), "replies owed at release");
         }
@@ -183,6 +196,7 @@ impl Session {
             match local::answer(&self.input, &mut self.state, &rules, &mut out) {
                 Local::Answered(n) => {
                     self.input.advance(n);
+                    self.tally.sent(out.len());
                     return Some(self.client.write_all(&out).await.is_ok());
                 }
                 Local::No => return None,
@@ -217,7 +231,7 @@ impl Session {
             self.input.reserve(READ_SIZE);
             match self.client.try_read_buf(&mut self.input) {
                 Ok(0) => return false,
-                Ok(_) => {}
+                Ok(n) => self.tally.between_transactions(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return false,
             }
@@ -238,6 +252,8 @@ impl Session {
             .checkout(self.pool, started + queue_timeout)
             .await
             .map_err(|e| self.refusal(e, queue_timeout))?;
+        self.tally.meters.checked_out(started.elapsed());
+        self.tally.client.bound(&server);
         if let Err(e) = sync_params(&mut server, &mut self.params).await {
             return Err(match e {
                 ServerError::Rejected(mut err) => {
@@ -303,6 +319,7 @@ impl Session {
     /// messages through the next Sync (or the one Query or FunctionCall), then ReadyForQuery.
     async fn shed(&mut self, refusal: PgError) -> Result<(), ()> {
         let mut out = BytesMut::new();
+        self.shared.admin.errors.count(&refusal);
         refusal.encode(&mut out);
         self.client.write_all(&out).await.map_err(|_| ())?;
         if refusal.is_fatal() {
@@ -342,7 +359,13 @@ impl Session {
 
     async fn read_more(&mut self) -> bool {
         self.input.reserve(READ_SIZE);
-        matches!(tokio::io::AsyncReadExt::read_buf(&mut self.client, &mut self.input).await, Ok(n) if n > 0)
+        match tokio::io::AsyncReadExt::read_buf(&mut self.client, &mut self.input).await {
+            Ok(n) if n > 0 => {
+                self.tally.between_transactions(n);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The session is over: tell the client why if there is a why, and leave the backend
@@ -356,14 +379,10 @@ impl Session {
                     code::CONNECTION_FAILURE,
                     "server closed the connection unexpectedly",
                 );
-                let mut out = BytesMut::new();
-                err.encode(&mut out);
-                let _ = self.client.write_all(&out).await;
+                self.say(&err).await;
             }
             Ended::Fatal(err) => {
-                let mut out = BytesMut::new();
-                err.encode(&mut out);
-                let _ = self.client.write_all(&out).await;
+                self.say(&err).await;
                 drop(server); // a partial message may have gone to it
             }
             Ended::ClientGone { clean: false } => drop(server),
@@ -398,6 +417,8 @@ impl Session {
 
     /// Clean the backend (roll back, reset) and return it to the pool, or close it.
     async fn give_back(&self, server: ServerConn, tx: TxState) {
+        let held = server.checked_out_at.elapsed();
+        self.tally.meters.checked_in(held);
         let reset = self.mode == PoolMode::Session || self.state.pinned.is_some();
         if let Some(server) = cleanup(server, tx, reset).await {
             self.shared.pools.checkin(server);
@@ -405,6 +426,7 @@ impl Session {
     }
 
     async fn say(&mut self, err: &PgError) {
+        self.shared.admin.errors.count(err);
         let mut out = BytesMut::new();
         err.encode(&mut out);
         let _ = self.client.write_all(&out).await;

@@ -158,10 +158,10 @@ impl PoolSet {
         loop {
             let server = match self.try_take(pool, deadline) {
                 Take::Idle(server) => server,
-                Take::Connect(slot) => self.connect(pool, slot).await?,
+                Take::Connect(slot) => Box::pin(self.connect(pool, slot)).await?,
                 Take::Wait(id, rx) => match self.wait(pool, id, rx, deadline).await? {
                     Grant::Server(server) => server,
-                    Grant::Slot(slot) => self.connect(pool, slot).await?,
+                    Grant::Slot(slot) => Box::pin(self.connect(pool, slot)).await?,
                     Grant::Shed(why) => return Err(CheckoutError::Shed(why)),
                 },
                 Take::Shed(why) => return Err(CheckoutError::Shed(why)),

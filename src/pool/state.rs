@@ -522,8 +522,10 @@ impl State {
             let (a, b) = (&next.target, &p.settings.target);
             let moved =
                 (&a.host, a.port, &a.dbname, &a.user) != (&b.host, b.port, &b.dbname, &b.user);
+            // New connects use the new target (a new password or connect timeout included);
+            // a different server replaces the backends already open as they come free.
+            p.target = Arc::new(next.target.clone());
             if moved {
-                p.target = Arc::new(next.target.clone());
                 p.generation += 1;
                 doomed.append(&mut p.idle);
             }
@@ -532,11 +534,12 @@ impl State {
             {
                 p.codel = Codel::new(next.codel_interval, next.codel_target, now);
             }
+            // Keep what the limiter learned unless its bounds changed.
             p.adaptive = match (next.adaptive_min, p.adaptive.take()) {
-                (Some(min), Some(_))
+                (Some(min), Some(kept))
                     if p.settings.size == next.size && p.settings.adaptive_min == Some(min) =>
                 {
-                    Some(Gradient::new(min, next.size))
+                    Some(kept)
                 }
                 (Some(min), _) => Some(Gradient::new(min, next.size)),
                 (None, _) => None,
