@@ -150,10 +150,81 @@ const CONNECTION_COLUMNS: [&str; 18] = [
     "application_name",
 ];
 
+const POOLS_COLUMNS: [&str; 17] = [
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "cl_active_cancel_req",
+    "cl_waiting_cancel_req",
+    "sv_active",
+    "sv_active_cancel",
+    "sv_being_canceled",
+    "sv_idle",
+    "sv_used",
+    "sv_tested",
+    "sv_login",
+    "maxwait",
+    "maxwait_us",
+    "pool_mode",
+    "suggested_size",
+];
+
+const STATS_COLUMNS: [&str; 16] = [
+    "database",
+    "total_xact_count",
+    "total_query_count",
+    "total_received",
+    "total_sent",
+    "total_xact_time",
+    "total_query_time",
+    "total_wait_time",
+    "avg_xact_count",
+    "avg_query_count",
+    "avg_recv",
+    "avg_sent",
+    "avg_xact_time",
+    "avg_query_time",
+    "avg_wait_time",
+    "total_requests",
+];
+
+const DATABASES_COLUMNS: [&str; 13] = [
+    "name",
+    "host",
+    "port",
+    "database",
+    "force_user",
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool",
+    "pool_mode",
+    "max_connections",
+    "current_connections",
+    "paused",
+    "disabled",
+];
+
+const LISTS: [&str; 12] = [
+    "databases",
+    "users",
+    "pools",
+    "free_clients",
+    "used_clients",
+    "login_clients",
+    "free_servers",
+    "used_servers",
+    "dns_names",
+    "dns_zones",
+    "dns_queries",
+    "dns_pending",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_show_has_pgbouncer_columns_and_live_values() {
     let user = role("u_adm_show");
     let p = start(proxy().user_secret(&user, PASSWORD).pool("size = 2")).await;
+    // One client inside a transaction, one idle; 4 transactions and 5 queries done.
     let busy = p.connect(&user).await.unwrap();
     for _ in 0..3 {
         busy.simple_query("select 1").await.unwrap();
@@ -162,98 +233,49 @@ async fn every_show_has_pgbouncer_columns_and_live_values() {
     let idle = p.connect(&user).await.unwrap();
     idle.simple_query("select 2").await.unwrap();
     let a = admin(&p).await;
+    check_pools_and_stats(&a, &user).await;
+    check_clients_and_servers(&a, &user, &busy_pid).await;
+    check_databases_users_and_config(&a, &user).await;
+    check_lists_and_limits(&a, &user).await;
+    // The `sluice` name reaches the console too, and statements may be chained.
+    let b = console(&p, ADMIN, "sluice").await.unwrap();
+    let version = show(&b, "show version;").await;
+    assert_eq!(version.columns, ["version"]);
+    let text = version.get(0, "version").unwrap();
+    assert!(text.starts_with("PgBouncer 1.18.0 (sluice "), "{text}");
+    let replies = b.simple_query("SHOW VERSION; SHOW LISTS").await.unwrap();
+    assert_eq!(replies.len(), (1 + 1 + 1) + (1 + LISTS.len() + 1));
+    busy.simple_query("commit").await.unwrap();
+}
 
-    let pools = show(&a, "SHOW POOLS").await;
-    assert_eq!(
-        pools.columns,
-        [
-            "database",
-            "user",
-            "cl_active",
-            "cl_waiting",
-            "cl_active_cancel_req",
-            "cl_waiting_cancel_req",
-            "sv_active",
-            "sv_active_cancel",
-            "sv_being_canceled",
-            "sv_idle",
-            "sv_used",
-            "sv_tested",
-            "sv_login",
-            "maxwait",
-            "maxwait_us",
-            "pool_mode",
-            "suggested_size",
-        ]
-    );
-    let r = pools.find("user", &user);
+async fn check_pools_and_stats(a: &Client, user: &str) {
+    let pools = show(a, "SHOW POOLS").await;
+    assert_eq!(pools.columns, POOLS_COLUMNS);
+    let r = pools.find("user", user);
     assert_eq!(pools.get(r, "database"), Some(DATABASE));
-    let counts =
-        ["cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait"].map(|c| pools.int(r, c));
-    assert_eq!(
-        counts,
-        [2, 0, 1, 1, 0],
-        "cl_active, cl_waiting, sv_active, sv_idle, maxwait"
-    );
+    let live = ["cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait"];
+    assert_eq!(live.map(|c| pools.int(r, c)), [2, 0, 1, 1, 0], "{live:?}");
     assert_eq!(pools.get(r, "pool_mode"), Some("transaction"));
 
-    let stats = show(&a, "SHOW STATS").await;
-    assert_eq!(
-        &stats.columns[..8],
-        [
-            "database",
-            "total_xact_count",
-            "total_query_count",
-            "total_received",
-            "total_sent",
-            "total_xact_time",
-            "total_query_time",
-            "total_wait_time"
-        ]
-    );
-    assert_eq!(
-        &stats.columns[8..],
-        [
-            "avg_xact_count",
-            "avg_query_count",
-            "avg_recv",
-            "avg_sent",
-            "avg_xact_time",
-            "avg_query_time",
-            "avg_wait_time",
-            "total_requests"
-        ]
-    );
+    let stats = show(a, "SHOW STATS").await;
+    assert_eq!(stats.columns, STATS_COLUMNS);
     let r = stats.find("database", DATABASE);
-    // busy: 3 selects and an open transaction; idle: one select.
-    assert_eq!(
-        (
-            stats.int(r, "total_xact_count"),
-            stats.int(r, "total_query_count")
-        ),
-        (4, 5)
-    );
-    assert_eq!(stats.int(r, "total_requests"), 5);
-    assert!(stats.int(r, "total_received") > 0 && stats.int(r, "total_sent") > 0);
-    assert!(stats.int(r, "total_xact_time") > 0);
+    let counts = ["total_xact_count", "total_query_count", "total_requests"];
+    assert_eq!(counts.map(|c| stats.int(r, c)), [4, 5, 5], "{counts:?}");
+    for c in ["total_received", "total_sent", "total_xact_time"] {
+        assert!(stats.int(r, c) > 0, "{c}");
+    }
+}
 
-    let clients = show(&a, "SHOW CLIENTS").await;
-    assert_eq!(&clients.columns[..18], CONNECTION_COLUMNS);
-    assert_eq!(&clients.columns[18..], ["id", "pinned"]);
-    let mine: Vec<usize> = (0..clients.rows.len())
-        .filter(|&i| clients.get(i, "user") == Some(user.as_str()))
-        .collect();
-    let mut states: Vec<&str> = mine
-        .iter()
-        .map(|&i| clients.get(i, "state").unwrap())
-        .collect();
+async fn check_clients_and_servers(a: &Client, user: &str, busy_pid: &str) {
+    let clients = show(a, "SHOW CLIENTS").await;
+    assert_eq!(clients.columns[..18], CONNECTION_COLUMNS);
+    assert_eq!(clients.columns[18..], ["id", "pinned"]);
+    let mine = (0..clients.rows.len()).filter(|&i| clients.get(i, "user") == Some(user));
+    let mut states: Vec<&str> = mine.map(|i| clients.get(i, "state").unwrap()).collect();
     states.sort();
     assert_eq!(states, ["active", "idle"]);
-    let active = mine
-        .iter()
-        .copied()
-        .find(|&i| clients.get(i, "state") == Some("active"))
-        .unwrap();
+    let active = clients.find("state", "active");
     assert_eq!(clients.get(active, "ptr"), clients.get(active, "id"));
     assert_eq!(clients.get(active, "addr"), Some("127.0.0.1"));
     assert!(clients
@@ -263,128 +285,73 @@ async fn every_show_has_pgbouncer_columns_and_live_values() {
     let console_row = clients.find("user", ADMIN);
     assert_eq!(clients.get(console_row, "database"), Some("pgbouncer"));
 
-    let servers = show(&a, "SHOW SERVERS").await;
+    let servers = show(a, "SHOW SERVERS").await;
     assert_eq!(servers.columns, CONNECTION_COLUMNS);
     let s = servers.find("state", "active");
-    assert_eq!(servers.get(s, "remote_pid"), Some(busy_pid.as_str()));
+    assert_eq!(servers.get(s, "remote_pid"), Some(busy_pid));
     assert_eq!(servers.get(s, "link"), clients.get(active, "id"));
     assert_eq!(servers.int(s, "port"), i64::from(cluster().port()));
     let s = servers.find("state", "idle");
     assert_eq!(servers.get(s, "link"), Some(""));
+}
 
-    let dbs = show(&a, "SHOW DATABASES").await;
-    assert_eq!(
-        dbs.columns,
-        [
-            "name",
-            "host",
-            "port",
-            "database",
-            "force_user",
-            "pool_size",
-            "min_pool_size",
-            "reserve_pool",
-            "pool_mode",
-            "max_connections",
-            "current_connections",
-            "paused",
-            "disabled"
-        ]
-    );
+async fn check_databases_users_and_config(a: &Client, user: &str) {
+    let dbs = show(a, "SHOW DATABASES").await;
+    assert_eq!(dbs.columns, DATABASES_COLUMNS);
     let r = dbs.find("name", DATABASE);
-    assert_eq!(
-        (
-            dbs.get(r, "host"),
-            dbs.get(r, "database"),
-            dbs.get(r, "force_user")
-        ),
-        (Some("127.0.0.1"), Some(DATABASE), None)
-    );
-    let counts = ["port", "pool_size", "current_connections", "paused"].map(|c| dbs.int(r, c));
-    assert_eq!(counts, [i64::from(cluster().port()), 2, 2, 0]);
+    let names = ["host", "database", "force_user"].map(|c| dbs.get(r, c));
+    assert_eq!(names, [Some("127.0.0.1"), Some(DATABASE), None]);
+    let live = ["port", "pool_size", "current_connections", "paused"].map(|c| dbs.int(r, c));
+    assert_eq!(live, [i64::from(cluster().port()), 2, 2, 0]);
 
-    let users = show(&a, "SHOW USERS").await;
+    let users = show(a, "SHOW USERS").await;
     assert_eq!(users.columns, ["name", "pool_mode"]);
-    assert!(users
-        .rows
-        .iter()
-        .any(|r| r[0].as_deref() == Some(user.as_str())));
+    let r = users.find("name", user);
+    assert_eq!(users.get(r, "pool_mode"), None);
 
-    let config = show(&a, "SHOW CONFIG").await;
+    let config = show(a, "SHOW CONFIG").await;
     assert_eq!(config.columns, ["key", "value", "default", "changeable"]);
     let r = config.find("key", "pool.size");
-    assert_eq!(
-        (
-            config.get(r, "value"),
-            config.get(r, "default"),
-            config.get(r, "changeable")
-        ),
-        (Some("2"), Some("20"), Some("yes"))
-    );
+    let row = ["value", "default", "changeable"].map(|c| config.get(r, c));
+    assert_eq!(row, [Some("2"), Some("20"), Some("yes")]);
+    let r = config.find("key", "listen.addr");
+    assert_eq!(config.get(r, "changeable"), Some("no"));
     assert!(
         !format!("{:?}", config.rows).contains(PASSWORD),
         "no secret in SHOW CONFIG"
     );
+}
 
-    let lists = show(&a, "SHOW LISTS").await;
+async fn check_lists_and_limits(a: &Client, user: &str) {
+    let lists = show(a, "SHOW LISTS").await;
     assert_eq!(lists.columns, ["list", "items"]);
     let names: Vec<&str> = (0..lists.rows.len())
         .map(|i| lists.get(i, "list").unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "databases",
-            "users",
-            "pools",
-            "free_clients",
-            "used_clients",
-            "login_clients",
-            "free_servers",
-            "used_servers",
-            "dns_names",
-            "dns_zones",
-            "dns_queries",
-            "dns_pending"
-        ]
-    );
-    assert_eq!(lists.int(lists.find("list", "pools"), "items"), 1);
-    assert_eq!(lists.int(lists.find("list", "used_servers"), "items"), 2);
-    assert_eq!(lists.int(lists.find("list", "used_clients"), "items"), 3);
+    assert_eq!(names, LISTS);
+    let items = ["pools", "used_servers", "used_clients"]
+        .map(|l| lists.int(lists.find("list", l), "items"));
+    assert_eq!(items, [1, 2, 3], "two clients and this console");
 
-    let limits = show(&a, "SHOW LIMITS").await;
+    let limits = show(a, "SHOW LIMITS").await;
     assert_eq!(
         limits.columns,
         ["scope", "limit", "setting", "in_use", "reason", "refused"]
     );
     let r = limits.find("reason", "queue_timeout");
+    let scope = format!("pool {DATABASE}/{user}");
+    let row = ["scope", "limit", "setting", "refused"].map(|c| limits.get(r, c));
     assert_eq!(
-        limits.get(r, "scope"),
-        Some(format!("pool {DATABASE}/{user}").as_str())
-    );
-    assert_eq!(
-        (limits.get(r, "limit"), limits.get(r, "refused")),
-        (Some("pool.queue_timeout"), Some("0"))
+        row,
+        [
+            Some(scope.as_str()),
+            Some("pool.queue_timeout"),
+            Some("5s"),
+            Some("0")
+        ]
     );
     let r = limits.find("reason", "client_cap");
     assert_eq!(limits.int(r, "in_use"), 3);
-
-    // The `sluice` name reaches the console too, and statements may be chained.
-    let b = console(&p, ADMIN, "sluice").await.unwrap();
-    let version = show(&b, "show version;").await;
-    assert_eq!(version.columns, ["version"]);
-    assert!(version
-        .get(0, "version")
-        .unwrap()
-        .starts_with("PgBouncer 1.18.0 (sluice "));
-    assert_eq!(
-        b.simple_query("SHOW VERSION; SHOW USERS")
-            .await
-            .unwrap()
-            .len(),
-        2 + 2 + users.rows.len() + 1
-    );
-    busy.simple_query("commit").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,13 +613,9 @@ fn python_parses(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_the_work_done() {
     let user = role("u_adm_metrics");
-    let p = start(
-        proxy()
-            .user_secret(&user, PASSWORD)
-            .pool("size = 1")
-            .pool("queue_timeout = \"300ms\""),
-    )
-    .await;
+    let pool = proxy().user_secret(&user, PASSWORD).pool("size = 1");
+    let p = start(pool.pool("queue_timeout = \"300ms\"")).await;
+    // 7 one-statement transactions, one explicit transaction (2 queries), one shed.
     let c = p.connect(&user).await.unwrap();
     for _ in 0..7 {
         c.simple_query("select 1").await.unwrap();
@@ -667,80 +630,66 @@ async fn metrics_parse_and_count_the_work_done() {
     let (status, body) = http(&p, "GET", "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     python_parses(&body);
-    let m = parse_metrics(&body);
-    let pool = [("database", DATABASE), ("user", user.as_str())];
-    let with = |extra: (&'static str, &'static str)| {
-        let mut l = pool.to_vec();
-        l.push(extra);
-        l
-    };
-    assert_eq!(
-        metric(&m, "sluice_transactions_total", &pool),
-        8.0,
-        "7 selects and one explicit transaction"
-    );
-    assert_eq!(metric(&m, "sluice_queries_total", &pool), 9.0);
-    assert_eq!(metric(&m, "sluice_queue_wait_seconds_count", &pool), 8.0);
-    assert_eq!(metric(&m, "sluice_transaction_seconds_count", &pool), 8.0);
-    assert_eq!(
-        metric(
-            &m,
-            "sluice_transaction_seconds_bucket",
-            &with(("le", "+Inf"))
-        ),
-        8.0
-    );
-    assert_eq!(
-        metric(&m, "sluice_shed_total", &with(("reason", "queue_timeout"))),
-        1.0
-    );
-    assert_eq!(
-        metric(&m, "sluice_shed_total", &with(("reason", "queue_full"))),
-        0.0
-    );
-    assert_eq!(metric(&m, "sluice_errors_total", &[("class", "53")]), 1.0);
-    assert!(metric(&m, "sluice_bytes_total", &with(("direction", "received"))) > 0.0);
-    assert!(metric(&m, "sluice_bytes_total", &with(("direction", "sent"))) > 0.0);
-    assert_eq!(metric(&m, "sluice_clients", &with(("state", "idle"))), 3.0);
-    assert_eq!(
-        metric(&m, "sluice_clients", &with(("state", "waiting"))),
-        0.0
-    );
-    assert_eq!(metric(&m, "sluice_servers", &with(("state", "idle"))), 1.0);
-    assert_eq!(
-        metric(&m, "sluice_servers", &with(("state", "active"))),
-        0.0
-    );
-    assert!(metric(&m, "sluice_server_connects_total", &[("outcome", "ok")]) >= 1.0);
-    assert_eq!(metric(&m, "sluice_config_version", &[]), 1.0);
-    assert_eq!(metric(&m, "sluice_config_rollbacks_total", &[]), 0.0);
-    assert_eq!(
-        metric(&m, "sluice_config_reloads_total", &[("outcome", "applied")]),
-        0.0
-    );
-    let mut last = 0.0;
-    for (_, l, v) in m
-        .iter()
-        .filter(|(n, l, _)| n == "sluice_queue_wait_seconds_bucket" && l.get("user") == Some(&user))
-    {
-        assert!(*v >= last, "buckets are cumulative at le={}", l["le"]);
-        last = *v;
-    }
-    assert_eq!(last, 8.0);
+    check_pool_metrics(&parse_metrics(&body), &user);
 
-    assert_eq!(
-        http(&p, "GET", "/healthz").await,
-        ("HTTP/1.1 200 OK".to_string(), "ok\n".to_string())
-    );
+    let ok = ("HTTP/1.1 200 OK".to_string(), "ok\n".to_string());
+    assert_eq!(http(&p, "GET", "/healthz").await, ok);
     assert_eq!(http(&p, "GET", "/readyz").await.0, "HTTP/1.1 200 OK");
     assert_eq!(
         http(&p, "GET", "/nothing").await.0,
         "HTTP/1.1 404 Not Found"
     );
-    assert_eq!(
-        http(&p, "POST", "/metrics").await.0,
-        "HTTP/1.1 405 Method Not Allowed"
-    );
+    let post = http(&p, "POST", "/metrics").await.0;
+    assert_eq!(post, "HTTP/1.1 405 Method Not Allowed");
+}
+
+fn check_pool_metrics(m: &[(String, Labels, f64)], user: &str) {
+    let pool = [("database", DATABASE), ("user", user)];
+    let with = |k: &'static str, v: &'static str| {
+        let mut l = pool.to_vec();
+        l.push((k, v));
+        l
+    };
+    let exact = [
+        ("sluice_transactions_total", pool.to_vec(), 8.0),
+        ("sluice_queries_total", pool.to_vec(), 9.0),
+        ("sluice_queue_wait_seconds_count", pool.to_vec(), 8.0),
+        ("sluice_transaction_seconds_count", pool.to_vec(), 8.0),
+        ("sluice_transaction_seconds_bucket", with("le", "+Inf"), 8.0),
+        ("sluice_shed_total", with("reason", "queue_timeout"), 1.0),
+        ("sluice_shed_total", with("reason", "queue_full"), 0.0),
+        ("sluice_errors_total", vec![("class", "53")], 1.0),
+        ("sluice_clients", with("state", "idle"), 3.0),
+        ("sluice_clients", with("state", "waiting"), 0.0),
+        ("sluice_servers", with("state", "idle"), 1.0),
+        ("sluice_servers", with("state", "active"), 0.0),
+        ("sluice_config_version", vec![], 1.0),
+        ("sluice_config_rollbacks_total", vec![], 0.0),
+        (
+            "sluice_config_reloads_total",
+            vec![("outcome", "applied")],
+            0.0,
+        ),
+    ];
+    for (name, labels, want) in exact {
+        assert_eq!(metric(m, name, &labels), want, "{name} {labels:?}");
+    }
+    for (name, labels) in [
+        ("sluice_bytes_total", with("direction", "received")),
+        ("sluice_bytes_total", with("direction", "sent")),
+        ("sluice_server_connects_total", vec![("outcome", "ok")]),
+    ] {
+        assert!(metric(m, name, &labels) > 0.0, "{name} {labels:?}");
+    }
+    let buckets = m.iter().filter(|(n, l, _)| {
+        n == "sluice_queue_wait_seconds_bucket" && l.get("user").map(String::as_str) == Some(user)
+    });
+    let mut last = 0.0;
+    for (_, l, v) in buckets {
+        assert!(*v >= last, "buckets are cumulative at le={}", l["le"]);
+        last = *v;
+    }
+    assert_eq!(last, 8.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,23 +702,29 @@ async fn suggested_size_follows_littles_law_under_a_closed_loop() {
             .pool("queue_timeout = \"10s\""),
     )
     .await;
-    let mut tasks = Vec::new();
-    let until = Instant::now() + Duration::from_millis(3500);
+    let a = admin(&p).await;
+    let mut clients = Vec::new();
     for _ in 0..4 {
-        let c = p.connect(&user).await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < until {
-                c.simple_query("select pg_sleep(0.05)").await.unwrap();
-            }
-        }));
+        clients.push(p.connect(&user).await.unwrap());
     }
+    let until = Instant::now() + Duration::from_millis(4500);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    c.simple_query("select pg_sleep(0.05)").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // Look while the load runs: the sampler has a few seconds of it by then.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    let pools = show(&a, "SHOW POOLS").await;
+    let suggested = pools.int(pools.find("user", &user), "suggested_size");
     for t in tasks {
         t.await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let a = admin(&p).await;
-    let pools = show(&a, "SHOW POOLS").await;
-    let suggested = pools.int(pools.find("user", &user), "suggested_size");
     assert!(
         (3..=6).contains(&suggested),
         "4 clients in a closed loop on a pool of 2: suggested {suggested}"

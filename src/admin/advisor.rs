@@ -76,7 +76,7 @@ impl Advisor {
                 let suggestion = match s.suggested {
                     0 => String::new(),
                     n => format!(
-                        "; its load calls for about {n} (Little's law over the last minute)"
+                        "; its load calls for about {n} (Little's law, busiest 10 s of the last minute)"
                     ),
                 };
                 warnings.push(format!(

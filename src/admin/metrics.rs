@@ -146,7 +146,7 @@ fn connections(out: &mut Out, shared: &Shared, pools: &[PoolView]) {
         ),
         (
             "sluice_pool_suggested_size",
-            "Pool size the last minute's load calls for (Little's law); 0 without traffic.",
+            "Pool size the load calls for: Little's law over the busiest 10 s of the last minute; 0 without traffic.",
             |p| p.suggested,
         ),
     ];

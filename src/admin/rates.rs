@@ -2,11 +2,12 @@
 //! sheds once a second, and a window between two samples gives per-second rates, mean times,
 //! and the pool size the observed load calls for.
 //!
-//! The suggestion is Little's law, L = λ·W, over the window: backends busy on average are the
-//! rate of checkouts times the mean time a backend is held, plus the clients queued on
-//! average (the same rate times the mean queue wait), plus the demand that was shed (its rate
-//! times the mean hold time, since those clients would have held a backend too). With a fixed
-//! number of clients in a closed loop this comes to that number of clients.
+//! The suggestion is Little's law, L = λ·W: backends busy on average are the rate of
+//! checkouts times the mean time a backend is held, plus the clients queued on average (the
+//! same rate times the mean queue wait), plus the demand that was shed (its rate times the mean
+//! hold time, since those clients would have held a backend too). With a fixed number of
+//! clients in a closed loop this comes to that number of clients. A pool must carry its bursts,
+//! not its average, so the suggestion is that of the busiest 10 s span of the last minute.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -17,6 +18,8 @@ use crate::pool::PoolId;
 
 /// How far back suggestions look.
 pub const SUGGESTION_WINDOW: Duration = Duration::from_secs(60);
+/// The span Little's law is taken over; the busiest one counts.
+const PEAK_SPAN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -34,6 +37,14 @@ pub struct Window {
 }
 
 impl Window {
+    fn between(first: &Sample, last: &Sample) -> Window {
+        Window {
+            elapsed: last.at.duration_since(first.at),
+            delta: last.reading.since(&first.reading),
+            shed: last.shed.saturating_sub(first.shed),
+        }
+    }
+
     /// `n` events over the window, per second.
     pub fn per_second(&self, n: u64) -> f64 {
         match self.elapsed.as_secs_f64() {
@@ -113,17 +124,35 @@ impl Rates {
         if first.at == last.at {
             return None;
         }
-        Some(Window {
-            elapsed: last.at.duration_since(first.at),
-            delta: last.reading.since(&first.reading),
-            shed: last.shed.saturating_sub(first.shed),
-        })
+        Some(Window::between(first, last))
     }
 
-    /// The suggested size of `pool` from the last minute (0 without data).
+    /// The suggested size of `pool`: the largest over spans of `PEAK_SPAN` in the last
+    /// minute (over at least half the history when there is less); 0 without traffic.
     pub fn suggested_size(&self, pool: PoolId) -> usize {
-        self.window(pool, SUGGESTION_WINDOW)
-            .map_or(0, |w| w.suggested_size())
+        let pools = self.pools.lock().unwrap();
+        let Some(last) = pools.get(pool).and_then(|h| h.samples.back()) else {
+            return 0;
+        };
+        let recent: Vec<&Sample> = pools[pool]
+            .samples
+            .iter()
+            .filter(|s| last.at.duration_since(s.at) <= SUGGESTION_WINDOW)
+            .collect();
+        let span = PEAK_SPAN.min(last.at.duration_since(recent[0].at));
+        let (mut best, mut j) = (0, 0);
+        for (i, a) in recent.iter().enumerate() {
+            // The span from `a`, or up to the newest sample when that is shorter.
+            j = j.max(i);
+            while j + 1 < recent.len() && recent[j].at.duration_since(a.at) < span {
+                j += 1;
+            }
+            let b = recent[j];
+            if b.at > a.at && b.at.duration_since(a.at) >= span / 2 {
+                best = best.max(Window::between(a, b).suggested_size());
+            }
+        }
+        best
     }
 }
 
@@ -178,5 +207,40 @@ mod tests {
         let w = r.window(2, Duration::from_secs(60)).unwrap();
         assert_eq!(w.elapsed, Duration::from_secs(3));
         assert_eq!(w.per_second(w.delta.checkouts), 10.0);
+    }
+
+    #[test]
+    fn the_suggestion_is_the_busiest_span_not_the_average() {
+        let r = Rates::default();
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(60);
+        // 20 quiet seconds, then 10 s of 40 checkouts/s each held 50ms and queued 50ms.
+        let mut total = MeterReading::default();
+        for s in 0..=30u64 {
+            if s > 20 {
+                total.checkouts += 40;
+                total.held_us += 40 * 50_000;
+                total.wait_us += 40 * 50_000;
+            }
+            r.record(0, t0 + Duration::from_secs(s), total, 0, keep);
+        }
+        assert_eq!(r.suggested_size(0), 4);
+        assert!(
+            r.window(0, keep).unwrap().suggested_size() < 4,
+            "the average is lower"
+        );
+        assert_eq!(r.suggested_size(1), 0);
+        // With less history than the span, a quiet start does not dilute it either.
+        let r = Rates::default();
+        let mut total = MeterReading::default();
+        for s in 0..=4u64 {
+            if s > 1 {
+                total.checkouts += 40;
+                total.held_us += 40 * 50_000;
+                total.wait_us += 40 * 50_000;
+            }
+            r.record(0, t0 + Duration::from_secs(s), total, 0, keep);
+        }
+        assert_eq!(r.suggested_size(0), 4);
     }
 }

@@ -63,7 +63,12 @@ fn advise(shared: &Shared, advisor: &mut Advisor, stats: &[PoolStats], now: Inst
             size: s.size,
             waiting: s.waiting,
             shed: s.shed.iter().sum(),
-            suggested: shared.admin.rates.suggested_size(pool),
+            // Only a pool that queues or sheds can be saturated; spare the others the work.
+            suggested: if s.waiting > 0 || s.shed.iter().any(|&n| n > 0) {
+                shared.admin.rates.suggested_size(pool)
+            } else {
+                0
+            },
         })
         .collect();
     for warning in advisor.pools(now, &signals) {

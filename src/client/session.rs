@@ -52,7 +52,7 @@ pub struct Session {
 impl Session {
     /// Session mode: one backend, bound at login, for the whole session.
     pub async fn run_session_mode(mut self, mut server: ServerConn) {
-        if let Err(e) = sync_params(&mut server, &mut self.params).await {
+        if let Err(e) = Box::pin(sync_params(&mut server, &mut self.params)).await {
             let mut out = BytesMut::new();
             let mut err = e.to_client(&self.database);
             err.severity = crate::protocol::error::Severity::Fatal;
@@ -79,12 +79,14 @@ impl Session {
             }
             let began = Instant::now();
             self.tally.client.waiting();
-            let mut server = match self.bind().await {
+            // Boxed, like the pump: only the small wait for the next message stays inline,
+            // so an idle client costs little memory.
+            let mut server = match Box::pin(self.bind()).await {
                 Ok(server) => server,
                 Err(refusal) => {
                     self.tally.client.unbound();
                     self.shared.health.failed();
-                    if self.shed(refusal).await.is_err() {
+                    if Box::pin(self.shed(refusal)).await.is_err() {
                         return;
                     }
                     continue;

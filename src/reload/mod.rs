@@ -275,6 +275,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         notes.push("listen.http changed: needs a restart; the running value is kept".into());
     }
     new.listen = old.listen.clone();
+    if new.log.format != old.log.format {
+        notes.push("log.format changed: needs a restart; the running format is kept".into());
+        new.log.format = old.log.format;
+    }
     notes
 }
 

@@ -218,6 +218,14 @@ fn kind_of(message: &str) -> String {
     out
 }
 
+/// This process's user + system CPU time, from /proc/self/stat (Linux).
+fn self_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
 fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
@@ -597,6 +605,44 @@ async fn run(args: Args) -> Result<String, String> {
     field("max_active_backends", max_active.map_or("null".into(), |v| v.to_string()));
     field("mean_active_backends_window", json_num(mean_active_window));
     field("backend_samples", format!("{}", samples.len()));
+    field("loadgen_cpu_s", json_num(self_cpu_s()));
+    // Per 100 ms of scheduled arrival time over the whole run (warm-up included):
+    // [start s, arrivals, ok, refused, client timeouts + drops, max admitted ms, max refusal ms].
+    let buckets = ((end_us + 99_999) / 100_000) as usize;
+    let mut tl = vec![[0f64; 6]; buckets.max(1)];
+    for r in &records {
+        let b = ((r.at_us / 100_000) as usize).min(tl.len() - 1);
+        let ms = r.lat_us as f64 / 1000.0;
+        tl[b][0] += 1.0;
+        match r.outcome {
+            Outcome::Ok => {
+                tl[b][1] += 1.0;
+                tl[b][4] = tl[b][4].max(ms);
+            }
+            Outcome::Db(..) | Outcome::Closed | Outcome::Other => {
+                tl[b][2] += 1.0;
+                tl[b][5] = tl[b][5].max(ms);
+            }
+            Outcome::Timeout | Outcome::Drop => tl[b][3] += 1.0,
+        }
+    }
+    let rows: Vec<String> = tl
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            format!(
+                "[{:.1},{},{},{},{},{:.1},{:.1}]",
+                i as f64 / 10.0,
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                b[4],
+                b[5]
+            )
+        })
+        .collect();
+    field("timeline", format!("[{}]", rows.join(",")));
     j.push('}');
     Ok(j)
 }
