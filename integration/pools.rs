@@ -11,6 +11,10 @@ use crate::harness::{connect_with, message, proxy, sqlstate, TestProxy};
 
 /// A login role used by one test only, so backend counts are that test's alone.
 pub fn role(name: &str) -> String {
+    // Concurrent GRANTs on one schema race in PostgreSQL ("tuple concurrently updated"):
+    // tests running in parallel make their roles one at a time.
+    static ROLES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = ROLES.lock().unwrap_or_else(|e| e.into_inner());
     psql_super(&format!(
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN \
          CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'; END IF; END $$; \
