@@ -88,7 +88,10 @@ fn parse_args() -> Result<Args, String> {
             .get(i + 1)
             .ok_or_else(|| format!("{key} needs a value\n{USAGE}"))?
             .clone();
-        let num = |v: &str| v.parse::<f64>().map_err(|_| format!("{key}: not a number: {v}"));
+        let num = |v: &str| {
+            v.parse::<f64>()
+                .map_err(|_| format!("{key}: not a number: {v}"))
+        };
         match key {
             "--host" => a.host = val,
             "--port" => a.port = num(&val)? as u16,
@@ -120,7 +123,9 @@ fn parse_args() -> Result<Args, String> {
         i += 2;
     }
     if a.port == 0 || a.rate <= 0.0 || a.duration <= 0.0 || a.conns == 0 {
-        return Err(format!("--port, --rate > 0, --duration > 0 and --conns > 0 are needed\n{USAGE}"));
+        return Err(format!(
+            "--port, --rate > 0, --duration > 0 and --conns > 0 are needed\n{USAGE}"
+        ));
     }
     Ok(a)
 }
@@ -249,7 +254,8 @@ fn dispatch(shared: &Arc<Shared>, scheduled: Instant) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let deadline = scheduled + shared.args.client_timeout;
-        let res = tokio::time::timeout_at(deadline.into(), client.batch_execute(&shared.args.sql)).await;
+        let res =
+            tokio::time::timeout_at(deadline.into(), client.batch_execute(&shared.args.sql)).await;
         let done = Instant::now();
         let lat_us = micros(done.saturating_duration_since(scheduled));
         let (outcome, keep) = match res {
@@ -340,8 +346,13 @@ async fn sampler(
         return Ok(Vec::new());
     };
     let mut cfg = Config::new();
-    cfg.host(&args.host).port(port).user(&args.pg_user).dbname("postgres");
-    let client = connect(&cfg).await.map_err(|e| format!("sampler: connect to PostgreSQL: {e}"))?;
+    cfg.host(&args.host)
+        .port(port)
+        .user(&args.pg_user)
+        .dbname("postgres");
+    let client = connect(&cfg)
+        .await
+        .map_err(|e| format!("sampler: connect to PostgreSQL: {e}"))?;
     let stmt = client
         .prepare(
             "select count(*)::int8, (count(*) filter (where state <> 'idle'))::int8 \
@@ -407,14 +418,22 @@ async fn run(args: Args) -> Result<String, String> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..args.connect_concurrency.min(args.conns) {
-        let (cfg, opened, first_error, next, n) =
-            (cfg.clone(), opened.clone(), first_error.clone(), next.clone(), args.conns);
+        let (cfg, opened, first_error, next, n) = (
+            cfg.clone(),
+            opened.clone(),
+            first_error.clone(),
+            next.clone(),
+            args.conns,
+        );
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 match connect(&cfg).await {
                     Ok(c) => opened.lock().unwrap().push(c),
                     Err(e) => {
-                        first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+                        first_error
+                            .lock()
+                            .unwrap()
+                            .get_or_insert_with(|| e.to_string());
                     }
                 }
             }
@@ -507,7 +526,8 @@ async fn run(args: Args) -> Result<String, String> {
     let mut lags = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut arrivals, mut timeouts, mut drops, mut closed, mut other) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut arrivals, mut timeouts, mut drops, mut closed, mut other) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut warm_arrivals = 0u64;
     for r in &records {
         if r.at_us < warm_us {
@@ -563,7 +583,14 @@ async fn run(args: Args) -> Result<String, String> {
         j.push_str(&v);
     };
     field("rate", format!("{}", args.rate));
-    field("arrivals_mode", json_str(if args.arrivals == Arrivals::Poisson { "poisson" } else { "fixed" }));
+    field(
+        "arrivals_mode",
+        json_str(if args.arrivals == Arrivals::Poisson {
+            "poisson"
+        } else {
+            "fixed"
+        }),
+    );
     field("conns", format!("{}", args.conns));
     field("connect_s", json_num(Some(connect_s)));
     field("warmup_s", format!("{}", args.warmup));
@@ -576,13 +603,22 @@ async fn run(args: Args) -> Result<String, String> {
     field("p50_ms", json_num(pct(&ok_lat, 0.50)));
     field("p90_ms", json_num(pct(&ok_lat, 0.90)));
     field("p99_ms", json_num(pct(&ok_lat, 0.99)));
-    field("max_ms", json_num(ok_lat.last().map(|&v| v as f64 / 1000.0)));
+    field(
+        "max_ms",
+        json_num(ok_lat.last().map(|&v| v as f64 / 1000.0)),
+    );
     field("refusals", format!("{}", refusal_lat.len()));
     field("refusal_p50_ms", json_num(pct(&refusal_lat, 0.50)));
     field("refusal_p99_ms", json_num(pct(&refusal_lat, 0.99)));
-    let errs: Vec<String> = errors.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
+    let errs: Vec<String> = errors
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json_str(k)))
+        .collect();
     field("errors", format!("{{{}}}", errs.join(",")));
-    let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json_str(k)))
+        .collect();
     field("error_kinds", format!("{{{}}}", kinds.join(",")));
     let msgs: Vec<String> = messages
         .iter()
@@ -594,21 +630,45 @@ async fn run(args: Args) -> Result<String, String> {
     field("client_timeouts", format!("{timeouts}"));
     field("client_drops", format!("{drops}"));
     field("unfinished", format!("{unfinished}"));
-    field("max_inflight", format!("{}", shared.max_inflight.load(Ordering::Relaxed)));
-    field("connections_lost", format!("{}", shared.lost.load(Ordering::Relaxed)));
-    field("reconnects", format!("{}", shared.reconnects.load(Ordering::Relaxed)));
-    field("reconnect_failures", format!("{}", shared.reconnect_failures.load(Ordering::Relaxed)));
+    field(
+        "max_inflight",
+        format!("{}", shared.max_inflight.load(Ordering::Relaxed)),
+    );
+    field(
+        "connections_lost",
+        format!("{}", shared.lost.load(Ordering::Relaxed)),
+    );
+    field(
+        "reconnects",
+        format!("{}", shared.reconnects.load(Ordering::Relaxed)),
+    );
+    field(
+        "reconnect_failures",
+        format!("{}", shared.reconnect_failures.load(Ordering::Relaxed)),
+    );
     field("clock_lag_p99_ms", json_num(pct(&lags, 0.99)));
-    field("clock_lag_max_ms", json_num(lags.last().map(|&v| v as f64 / 1000.0)));
-    field("max_backends", max_backends.map_or("null".into(), |v| v.to_string()));
-    field("max_backends_window", max_backends_window.map_or("null".into(), |v| v.to_string()));
-    field("max_active_backends", max_active.map_or("null".into(), |v| v.to_string()));
+    field(
+        "clock_lag_max_ms",
+        json_num(lags.last().map(|&v| v as f64 / 1000.0)),
+    );
+    field(
+        "max_backends",
+        max_backends.map_or("null".into(), |v| v.to_string()),
+    );
+    field(
+        "max_backends_window",
+        max_backends_window.map_or("null".into(), |v| v.to_string()),
+    );
+    field(
+        "max_active_backends",
+        max_active.map_or("null".into(), |v| v.to_string()),
+    );
     field("mean_active_backends_window", json_num(mean_active_window));
     field("backend_samples", format!("{}", samples.len()));
     field("loadgen_cpu_s", json_num(self_cpu_s()));
     // Per 100 ms of scheduled arrival time over the whole run (warm-up included):
     // [start s, arrivals, ok, refused, client timeouts + drops, max admitted ms, max refusal ms].
-    let buckets = ((end_us + 99_999) / 100_000) as usize;
+    let buckets = end_us.div_ceil(100_000) as usize;
     let mut tl = vec![[0f64; 6]; buckets.max(1)];
     for r in &records {
         let b = ((r.at_us / 100_000) as usize).min(tl.len() - 1);
