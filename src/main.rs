@@ -81,7 +81,9 @@ fn init_logging(format: LogFormat) {
 /// The runtime: multi-threaded by default; `SLUICE_WORKERS=1` runs one event-loop thread,
 /// as PgBouncer does (fewer cross-thread wake-ups, one core's worth of throughput).
 fn runtime() -> tokio::runtime::Runtime {
-    let workers = std::env::var("SLUICE_WORKERS").ok().and_then(|w| w.parse::<usize>().ok());
+    let workers = std::env::var("SLUICE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok());
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
