@@ -21,6 +21,8 @@ pub struct Codel {
     min_wait: Option<Duration>,
     /// The queue was empty at some hand-out in the current window.
     drained: bool,
+    /// Waiters were shed in the current window: an empty queue then proves nothing.
+    shed: bool,
     overloaded: bool,
 }
 
@@ -32,8 +34,14 @@ impl Codel {
             window_start: now,
             min_wait: None,
             drained: false,
+            shed: false,
             overloaded: false,
         }
+    }
+
+    /// Waiters were shed: the queue emptied only because of it.
+    pub fn shed(&mut self) {
+        self.shed = true;
     }
 
     /// A backend was handed out while the head of the queue had waited `head` (zero when
@@ -55,13 +63,15 @@ impl Codel {
             self.window_start = now;
             self.min_wait = None;
             self.drained = false;
+            self.shed = false;
             return;
         }
         if now.duration_since(self.window_start) < self.interval {
             return;
         }
         self.overloaded = if self.overloaded {
-            !self.drained && oldest_waiting.is_some()
+            // Over only once a window drains by itself, without shedding anyone.
+            !(self.drained && !self.shed) && (oldest_waiting.is_some() || self.shed)
         } else {
             let shortest = self.min_wait.or(oldest_waiting);
             shortest.is_some_and(|m| m > self.target)
@@ -69,6 +79,7 @@ impl Codel {
         self.window_start = now;
         self.min_wait = None;
         self.drained = false;
+        self.shed = false;
     }
 
     pub fn overloaded(&self) -> bool {
@@ -110,9 +121,14 @@ mod tests {
         c.served(MS, t0 + 150 * MS, Some(MS));
         c.roll(t0 + 200 * MS, Some(2 * MS));
         assert!(c.overloaded());
-        // The queue empties once: overload is over.
+        // The queue empties, but only because waiters were shed: still overloaded.
+        c.shed();
         c.served(MS, t0 + 250 * MS, None);
         c.roll(t0 + 300 * MS, None);
+        assert!(c.overloaded());
+        // A window that drains without shedding anyone ends it.
+        c.served(MS, t0 + 350 * MS, None);
+        c.roll(t0 + 400 * MS, None);
         assert!(!c.overloaded());
     }
 

@@ -326,6 +326,7 @@ impl State {
             let w = p.waiters.pop_front().expect("front exists");
             if w.tx.send(Grant::Shed(Shed::Codel)).is_ok() {
                 p.counters.shed[Shed::Codel as usize] += 1;
+                p.codel.shed();
             }
         }
     }
