@@ -71,7 +71,9 @@ impl Codel {
         }
         self.overloaded = if self.overloaded {
             // Over only once a window drains by itself, without shedding anyone.
-            !(self.drained && !self.shed) && (oldest_waiting.is_some() || self.shed)
+            let drained_by_itself = self.drained && !self.shed;
+            let still_queueing = oldest_waiting.is_some() || self.shed;
+            !drained_by_itself && still_queueing
         } else {
             let shortest = self.min_wait.or(oldest_waiting);
             shortest.is_some_and(|m| m > self.target)
