@@ -3,6 +3,7 @@
 mod admin;
 mod admission;
 mod basics;
+mod cli;
 mod cluster;
 mod harness;
 mod pgbench;
