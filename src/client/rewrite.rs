@@ -42,6 +42,21 @@ pub struct Rules<'a> {
     pub extra: &'a [String],
 }
 
+impl<'a> Rules<'a> {
+    pub fn new(
+        registry: &'a Registry,
+        config: &crate::config::Config,
+        extra: &'a [String],
+    ) -> Rules<'a> {
+        Rules {
+            registry,
+            policy: config.pool.session_state,
+            max_prepared: config.pool.max_prepared_statements,
+            extra,
+        }
+    }
+}
+
 /// Tags whose frames must be whole to be handled.
 pub fn needs_whole(tag: u8) -> bool {
     matches!(

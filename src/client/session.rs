@@ -128,12 +128,7 @@ impl Session {
         release: bool,
     ) -> (Ended, BytesMut) {
         let config = self.shared.config.load();
-        let rules = Rules {
-            registry: &self.shared.statements,
-            policy: config.pool.session_state,
-            max_prepared: config.pool.max_prepared_statements,
-            extra: &self.extra_params,
-        };
+        let rules = Rules::new(&self.shared.statements, &config, &self.extra_params);
         let transaction_mode = self.mode == PoolMode::Transaction;
         let timeouts = Timeouts {
             idle_transaction: config.pool.idle_transaction_timeout,
@@ -188,12 +183,7 @@ impl Session {
     async fn answer_locally(&mut self) -> Option<bool> {
         loop {
             let config = self.shared.config.load();
-            let rules = Rules {
-                registry: &self.shared.statements,
-                policy: config.pool.session_state,
-                max_prepared: config.pool.max_prepared_statements,
-                extra: &self.extra_params,
-            };
+            let rules = Rules::new(&self.shared.statements, &config, &self.extra_params);
             let mut out = BytesMut::new();
             match local::answer(&self.input, &mut self.state, &rules, &mut out) {
                 Local::Answered(n) => {

@@ -5,6 +5,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::frame::cstr;
+use super::messages::{begin, finish, put_cstr};
 
 /// A Parse body: statement name, query text, and the raw parameter-type section.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,23 +70,6 @@ pub fn command_complete(out: &mut BytesMut, command: &str) {
     let start = begin(out, b'C');
     put_cstr(out, command);
     finish(out, start);
-}
-
-fn begin(out: &mut BytesMut, tag: u8) -> usize {
-    let start = out.len();
-    out.put_u8(tag);
-    out.put_u32(0);
-    start
-}
-
-fn finish(out: &mut BytesMut, start: usize) {
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.put_slice(s.as_bytes());
-    out.put_u8(0);
 }
 
 #[cfg(test)]

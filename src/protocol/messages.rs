@@ -45,21 +45,23 @@ pub mod auth_code {
     pub const SASL_FINAL: u32 = 12;
 }
 
+/// Start a frame: the tag and a length to be filled in by `finish`; returns its start.
 #[inline]
-fn begin(out: &mut BytesMut, tag: u8) -> usize {
+pub(crate) fn begin(out: &mut BytesMut, tag: u8) -> usize {
     let start = out.len();
     out.put_u8(tag);
     out.put_u32(0);
     start
 }
 
+/// Fill in the length of the frame begun at `start`.
 #[inline]
-fn finish(out: &mut BytesMut, start: usize) {
+pub(crate) fn finish(out: &mut BytesMut, start: usize) {
     let len = (out.len() - start - 1) as u32;
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(out: &mut BytesMut, s: &str) {
+pub(crate) fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
     out.put_u8(0);
 }

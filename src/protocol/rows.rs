@@ -4,6 +4,9 @@
 
 use bytes::{BufMut, BytesMut};
 
+pub use super::extended::command_complete;
+use super::messages::{begin, finish};
+
 /// Type OIDs of the columns sluice reports (PostgreSQL's pg_type).
 pub mod oid {
     pub const INT4: u32 = 23;
@@ -71,18 +74,6 @@ impl Table {
     }
 }
 
-fn begin(out: &mut BytesMut, tag: u8) -> usize {
-    let start = out.len();
-    out.put_u8(tag);
-    out.put_u32(0);
-    start
-}
-
-fn finish(out: &mut BytesMut, start: usize) {
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-}
-
 /// Type size for a column type (-1: variable).
 fn type_size(oid: u32) -> i16 {
     match oid {
@@ -120,13 +111,6 @@ pub fn data_row(out: &mut BytesMut, values: &[Option<String>]) {
             None => out.put_i32(-1),
         }
     }
-    finish(out, start);
-}
-
-pub fn command_complete(out: &mut BytesMut, command_tag: &str) {
-    let start = begin(out, tag::COMMAND_COMPLETE);
-    out.put_slice(command_tag.as_bytes());
-    out.put_u8(0);
     finish(out, start);
 }
 
