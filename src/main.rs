@@ -152,6 +152,11 @@ fn run(path: &Path) -> ExitCode {
     };
     init_logging(config.log.format);
     runtime().block_on(async {
+        // Signal handlers first: a SIGHUP or SIGTERM during startup must not kill sluice
+        // with the signal's default action.
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let proxy = match Proxy::start(config).await {
             Ok(proxy) => proxy,
             Err(e) => {
@@ -159,11 +164,11 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        spawn_sighup_reload(&proxy);
+        spawn_sighup_reload(&proxy, hup);
         // SIGINT, SIGTERM or the admin console's SHUTDOWN.
         let shutdown = proxy.shared().admin.stop.clone();
         tokio::select! {
-            _ = wait_for_stop_signal() => {}
+            _ = wait_for_stop_signal(term) => {}
             _ = shutdown.cancelled() => {}
         }
         tracing::info!("shutting down: no new clients; waiting up to 30s for sessions to end");
@@ -173,10 +178,8 @@ fn run(path: &Path) -> ExitCode {
 }
 
 /// SIGHUP reloads the config files.
-fn spawn_sighup_reload(proxy: &Proxy) {
-    use tokio::signal::unix::{signal, SignalKind};
+fn spawn_sighup_reload(proxy: &Proxy, mut hup: tokio::signal::unix::Signal) {
     let shared = proxy.shared().clone();
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match shared.reloader.reload_from("sighup", false) {
@@ -187,9 +190,7 @@ fn spawn_sighup_reload(proxy: &Proxy) {
     });
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+async fn wait_for_stop_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
