@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use crate::cluster::{psql_super, U_PLAIN2, U_TRUST};
-use crate::harness::{proxy, sqlstate, TestProxy};
+use crate::harness::{proxy, sqlstate, RawClient, TestProxy};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -1036,83 +1036,6 @@ async fn large_objects_via_fastpath_function_calls_round_trip() {
     .await;
 }
 
-/// A bare protocol-3 client over TCP, for messages no driver at hand sends on its own.
-struct RawClient {
-    stream: tokio::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawClient {
-    /// Log in to a proxy whose client auth is `trust`; returns once ReadyForQuery arrives.
-    async fn login(port: u16, user: &str) -> RawClient {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", crate::cluster::DATABASE)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend(body);
-        stream.write_all(&packet).await.unwrap();
-        let mut c = RawClient {
-            stream,
-            buf: Vec::new(),
-        };
-        loop {
-            let (tag, body) = c.read().await;
-            assert_ne!(
-                tag,
-                b'E',
-                "login failed: {}",
-                String::from_utf8_lossy(&body)
-            );
-            if tag == b'Z' {
-                return c;
-            }
-        }
-    }
-
-    /// Read one message: its tag and body.
-    async fn read(&mut self) -> (u8, Vec<u8>) {
-        use tokio::io::AsyncReadExt;
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() > len {
-                    let frame: Vec<u8> = self.buf.drain(..len + 1).collect();
-                    return (frame[0], frame[5..].to_vec());
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
-                .await
-                .expect("a reply within 10s")
-                .expect("read");
-            assert!(n > 0, "connection closed; unread: {:?}", self.buf);
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Read up to and including ReadyForQuery; the tags seen and the bodies.
-    async fn read_until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut seen = Vec::new();
-        loop {
-            let m = self.read().await;
-            let done = m.0 == b'Z';
-            seen.push(m);
-            if done {
-                return seen;
-            }
-        }
-    }
-}
-
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut f = vec![tag];
     f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
@@ -1143,7 +1066,6 @@ fn function_result(body: &[u8]) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_calls_outside_a_transaction_keep_their_backend_until_answered() {
     bounded(async {
-        use tokio::io::AsyncWriteExt;
         // FunctionCall outside any transaction: the backend must stay with the client until the
         // call's ReadyForQuery, and then serve others. Pool of one, another client in between.
         let int4pl: u32 = superuser("select 'int4pl(int4,int4)'::regprocedure::oid")
@@ -1164,19 +1086,19 @@ async fn function_calls_outside_a_transaction_keep_their_backend_until_answered(
             .await;
         let other = p.connect(U_TRUST).await.unwrap();
         let pid = backend_pid_of(&other).await;
-        let mut raw = RawClient::login(p.port(), U_TRUST).await;
+        let mut raw = RawClient::connect(p.port(), U_TRUST).await;
         for round in 0..3 {
             // Two calls and a query in one write: three ReadyForQuery owed.
             let mut out = function_call(int4pl, &[40, round]);
             out.extend(function_call(pid_fn, &[]));
             out.extend(frame(b'Q', b"select 'after_fastpath'\0"));
-            raw.stream.write_all(&out).await.unwrap();
-            let first = raw.read_until_ready().await;
+            raw.send(&out).await;
+            let first = raw.until_ready().await;
             let tags: Vec<u8> = first.iter().map(|m| m.0).collect();
             assert_eq!(tags, b"VZ", "round {round}: {first:?}");
             assert_eq!(function_result(&first[0].1), 40 + round);
             assert_eq!(first[1].1, b"I");
-            let second = raw.read_until_ready().await;
+            let second = raw.until_ready().await;
             assert_eq!(
                 second.iter().map(|m| m.0).collect::<Vec<u8>>(),
                 b"VZ",
@@ -1187,7 +1109,7 @@ async fn function_calls_outside_a_transaction_keep_their_backend_until_answered(
                 pid,
                 "pool of one: the same backend"
             );
-            let third = raw.read_until_ready().await;
+            let third = raw.until_ready().await;
             assert_eq!(
                 third.iter().map(|m| m.0).collect::<Vec<u8>>(),
                 b"TDCZ",
@@ -1206,11 +1128,8 @@ async fn function_calls_outside_a_transaction_keep_their_backend_until_answered(
         }
         // A failing call (integer overflow) answers ErrorResponse and ReadyForQuery, and frees
         // the backend too.
-        raw.stream
-            .write_all(&function_call(int4pl, &[i32::MAX, 1]))
-            .await
-            .unwrap();
-        let failed = raw.read_until_ready().await;
+        raw.send(&function_call(int4pl, &[i32::MAX, 1])).await;
+        let failed = raw.until_ready().await;
         assert_eq!(
             failed.iter().map(|m| m.0).collect::<Vec<u8>>(),
             b"EZ",
@@ -1228,7 +1147,7 @@ async fn function_calls_outside_a_transaction_keep_their_backend_until_answered(
                 .get::<_, i32>(0),
             2
         );
-        raw.stream.write_all(&frame(b'X', b"")).await.unwrap();
+        raw.send(&frame(b'X', b"")).await;
     })
     .await;
 }
