@@ -6,7 +6,8 @@ mod expect;
 mod local;
 mod login;
 mod pump;
-mod rewrite;
+#[doc(hidden)] // public for benches/forward.rs only
+pub mod rewrite;
 mod session;
 mod startup;
 mod transaction;
