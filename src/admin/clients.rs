@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
-use tokio_util::sync::CancellationToken;
 
 use crate::pool::PoolId;
 use crate::protocol::error::{code, PgError};
@@ -120,7 +121,7 @@ pub struct ClientEntry {
     idle_in_tx_since: AtomicU64,
     server: Mutex<Option<ServerLink>>,
     pinned: OnceLock<String>,
-    kill: CancellationToken,
+    kill: KillSwitch,
     kill_reason: OnceLock<String>,
 }
 
@@ -216,7 +217,7 @@ impl ClientEntry {
     /// Ask the client's task to end the session, telling the client `reason`.
     pub fn kill(&self, reason: &str) {
         let _ = self.kill_reason.set(reason.to_string());
-        self.kill.cancel();
+        self.kill.pull();
     }
 }
 
@@ -252,7 +253,7 @@ impl ClientRegistry {
             idle_in_tx_since: AtomicU64::new(0),
             server: Mutex::new(None),
             pinned: OnceLock::new(),
-            kill: CancellationToken::new(),
+            kill: KillSwitch::default(),
             kill_reason: OnceLock::new(),
         });
         let id = entry.id();
@@ -312,24 +313,31 @@ impl ClientRegistry {
     }
 }
 
-/// Run a client's session until it ends or is killed. On a kill the session (and a backend
-/// it holds, which is closed rather than reused) is dropped; a client that was idle is told
-/// why with FATAL 57P01 on a duplicate of its socket `fd`, which the session still owns when
-/// the kill is seen.
-pub async fn until_killed(entry: &ClientEntry, fd: RawFd, session: impl Future<Output = ()>) {
-    let mut session = Box::pin(session);
-    tokio::select! {
-        _ = &mut session => return,
-        _ = entry.kill.cancelled() => {}
+/// Run a client's session until it ends or is killed. On a kill the session is not polled
+/// again and the caller drops it (a backend it holds is closed rather than reused); a client
+/// that was idle is told why with FATAL 57P01 on a duplicate of its socket `fd`.
+pub async fn until_killed<F: Future<Output = ()> + ?Sized>(
+    entry: &ClientEntry,
+    fd: RawFd,
+    session: Pin<&mut F>,
+) {
+    let finished = Killable {
+        switch: &entry.kill,
+        registered: None,
+        session,
+    }
+    .await;
+    if finished {
+        return;
     }
     let idle = entry.state() == ClientState::Idle;
-    // SAFETY: `fd` belongs to the socket `session` owns and has not closed: dup() gives an
-    // independent descriptor for the same socket, owned by `notice` from here on.
+    // SAFETY: `fd` belongs to the socket the session owns, which stays open until the caller
+    // drops the session after this returns: dup() gives an independent descriptor for the
+    // same socket, owned by `notice` from here on.
     let notice = idle
         .then(|| unsafe { libc::dup(fd) })
         .filter(|&d| d >= 0)
         .map(|d| unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(d) });
-    drop(session);
     let reason = entry
         .kill_reason
         .get()
@@ -383,9 +391,69 @@ mod tests {
         a.entry.idle_in_transaction(None);
         assert!(a.entry.idle_in_transaction_for(now).is_none());
         assert_eq!(reg.kill_database("app", "KILL app"), 1);
-        assert!(a.entry.kill.is_cancelled());
+        assert!(a.entry.kill.pulled());
         assert!(!reg.kill(99, "x"));
         drop(a);
         assert_eq!(reg.len(), 1);
+    }
+}
+
+/// The admin console's kill switch for one session: a flag and the session task's waker. The
+/// session checks the flag on every wake-up (one atomic load) instead of polling a second
+/// future beside it.
+#[derive(Default)]
+pub struct KillSwitch {
+    pulled: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl KillSwitch {
+    pub fn pull(&self) {
+        self.pulled.store(true, Ordering::SeqCst);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    pub fn pulled(&self) -> bool {
+        self.pulled.load(Ordering::SeqCst)
+    }
+}
+
+/// A session that ends when it finishes (true) or when its kill switch is pulled (false; the
+/// session is dropped then, before this future completes).
+struct Killable<'a, F: ?Sized> {
+    switch: &'a KillSwitch,
+    /// The waker last handed to the switch, so it is replaced only when the task's changes.
+    registered: Option<Waker>,
+    session: Pin<&'a mut F>,
+}
+
+impl<F: Future<Output = ()> + ?Sized> Future for Killable<'_, F> {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = &mut *self;
+        if this.switch.pulled() {
+            return Poll::Ready(false);
+        }
+        if this.session.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let waker = cx.waker().clone();
+            *this.switch.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+            this.registered = Some(waker);
+            // A pull between the check above and the registration found no waker to wake.
+            if this.switch.pulled() {
+                return Poll::Ready(false);
+            }
+        }
+        Poll::Pending
     }
 }

@@ -121,7 +121,7 @@ pub async fn serve(
         login: &login,
         entry: &entry,
     };
-    until_killed(&entry, fd, session.run()).await;
+    until_killed(&entry, fd, std::pin::pin!(session.run())).await;
 }
 
 fn login_reply(out: &mut BytesMut, login: &ConsoleLogin, pid: u32, secret: u32) {

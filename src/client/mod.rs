@@ -14,7 +14,10 @@ mod transaction;
 
 pub use login::ClientSecrets;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,10 +25,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::admin::clients::{until_killed, NewClient};
+use crate::admin::clients::{until_killed, NewClient, Registration};
 use crate::admin::tally::Tally;
 use crate::admission::Admitted;
-use crate::cancel::send_cancel;
+use crate::cancel::{send_cancel, CancelSlot};
 use crate::config::{Config, PoolMode};
 use crate::params::{self, Params};
 use crate::pool::PoolId;
@@ -44,33 +47,54 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         return;
     };
     let registered = shared.cancels.register();
-    let login_timeout = shared.config.load().limits.login_timeout;
-    // Boxed: login state is freed once login is done instead of sizing the whole session.
-    let login = Box::pin(open(&mut stream, &shared, peer.ip()));
-    let opened = tokio::time::timeout(login_timeout, login).await;
-    let (startup, server) = match opened {
-        Ok(Ok(Some(Opened::Pooled(startup, server)))) => (startup, server),
-        Ok(Ok(Some(Opened::Console(login)))) => {
-            let cancel = registered.slot.clone();
-            return crate::admin::console::serve(stream, shared.clone(), login, cancel).await;
-        }
-        Ok(Ok(None)) | Ok(Err(None)) => return,
-        Ok(Err(Some(refusal))) => return refuse(&mut stream, &shared, &refusal).await,
-        Err(_) => {
-            let err = PgError::fatal(
-                code::CONNECTION_FAILURE,
-                "login did not complete within limits.login_timeout",
-            );
-            return refuse(&mut stream, &shared, &err).await;
-        }
-    };
     let cancel = registered.slot.clone();
-    let mut reply = BytesMut::new();
-    login_reply(&mut reply, &startup, cancel.pid, cancel.secret);
-    if stream.write_all(&reply).await.is_err() {
+    // Boxed: the login's state is freed once it is done instead of sizing the whole task.
+    let Some(opened) = Box::pin(login(&mut stream, &shared, peer.ip(), &cancel)).await else {
         return;
+    };
+    let (registration, fd, mut run) = start(&shared, stream, peer, opened, cancel);
+    match &registration {
+        Some(registration) => until_killed(&registration.entry, fd, run.as_mut()).await,
+        None => run.await,
     }
-    // Admin: list the session in the client registry, count its traffic, let KILL end it.
+}
+
+type SessionRun = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What follows a login: a pooled session, or the admin console. A plain function, so none
+/// of the login's results stays in the client task's state.
+fn start(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    opened: Opened,
+    cancel: Arc<CancelSlot>,
+) -> (Option<Registration<'_>>, RawFd, SessionRun) {
+    match opened {
+        Opened::Pooled(startup, server) => {
+            let (registration, fd, run) =
+                start_session(shared, stream, peer, startup, server, cancel);
+            (Some(registration), fd, run)
+        }
+        Opened::Console(login) => {
+            // Boxed: the console's state would otherwise size every client's task.
+            let console = crate::admin::console::serve(stream, shared.clone(), login, cancel);
+            (None, -1, Box::pin(console))
+        }
+    }
+}
+
+/// List the session in the client registry (to count its traffic and let KILL end it) and
+/// make its future. Boxed, so the client's task holds only the login's bookkeeping and a
+/// pointer, and the session only as much state as its own pool mode needs.
+fn start_session(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    startup: Startup,
+    server: Option<ServerConn>,
+    cancel: Arc<CancelSlot>,
+) -> (Registration<'_>, RawFd, SessionRun) {
     let registration = shared.admin.clients.register(NewClient {
         id: cancel.pid,
         user: startup.user.clone(),
@@ -82,9 +106,9 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     });
     let entry = registration.entry.clone();
     let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let fd = stream.as_raw_fd();
     let session = Session {
-        tally: Tally::new(meters, entry.clone()),
+        tally: Tally::new(meters, entry),
         shared: shared.clone(),
         client: stream,
         input: BytesMut::new(),
@@ -99,20 +123,37 @@ pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
         state: Default::default(),
         _admitted: startup.admitted,
     };
-    let run = async move {
-        match server {
-            Some(server) => session.run_session_mode(server).await,
-            None => session.run_transaction_mode().await,
-        }
+    let run: SessionRun = match server {
+        Some(server) => Box::pin(session.run_session_mode(server)),
+        None => Box::pin(session.run_transaction_mode()),
     };
-    until_killed(&entry, fd, run).await;
+    (registration, fd, run)
 }
 
-async fn refuse(stream: &mut TcpStream, shared: &Shared, err: &PgError) {
-    shared.admin.errors.count(err);
+/// Open and authenticate within `limits.login_timeout`, answering refusals. None: the client
+/// was refused, left, or only sent a cancel request.
+async fn login(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    peer: IpAddr,
+    cancel: &CancelSlot,
+) -> Option<Opened> {
+    let login_timeout = shared.config.load().limits.login_timeout;
+    let refusal =
+        match tokio::time::timeout(login_timeout, open(stream, shared, peer, cancel)).await {
+            Ok(Ok(opened)) => return opened,
+            Ok(Err(None)) => return None,
+            Ok(Err(Some(refusal))) => refusal,
+            Err(_) => PgError::fatal(
+                code::CONNECTION_FAILURE,
+                "login did not complete within limits.login_timeout",
+            ),
+        };
+    shared.admin.errors.count(&refusal);
     let mut out = BytesMut::new();
-    err.encode(&mut out);
+    refusal.encode(&mut out);
     let _ = stream.write_all(&out).await;
+    None
 }
 
 /// What a successful login settled.
@@ -142,6 +183,7 @@ async fn open(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     peer: IpAddr,
+    cancel: &CancelSlot,
 ) -> Result<Option<Opened>, Option<PgError>> {
     let (minor, startup) = match startup::read_opening(stream).await {
         Ok(Opening::Cancel { pid, secret }) => {
@@ -195,6 +237,9 @@ async fn open(
     }
     let (startup, server) =
         choose_pool(shared, &config, &database, &user, &startup, admitted).await?;
+    let mut reply = BytesMut::new();
+    login_reply(&mut reply, &startup, cancel.pid, cancel.secret);
+    stream.write_all(&reply).await.map_err(|_| None)?;
     Ok(Some(Opened::Pooled(startup, server)))
 }
 
@@ -422,5 +467,27 @@ mod size_tests {
     fn a_session_is_small() {
         let size = std::mem::size_of::<super::session::Session>();
         assert!(size < 1024, "Session is {size} bytes");
+    }
+}
+#[cfg(test)]
+mod tmp_sizes {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        eprintln!("Session {}", size_of::<super::session::Session>());
+        eprintln!("ClientState {}", size_of::<super::rewrite::ClientState>());
+        eprintln!("Tally {}", size_of::<crate::admin::tally::Tally>());
+        eprintln!("Admitted {}", size_of::<crate::admission::Admitted>());
+        eprintln!("ServerConn {}", size_of::<crate::server::ServerConn>());
+        eprintln!("TcpStream {}", size_of::<tokio::net::TcpStream>());
+        eprintln!(
+            "FrameWalker {}",
+            size_of::<crate::protocol::frame::FrameWalker>()
+        );
+        eprintln!(
+            "ClientEntry {}",
+            size_of::<crate::admin::clients::ClientEntry>()
+        );
+        eprintln!("Params {}", size_of::<crate::params::Params>());
     }
 }

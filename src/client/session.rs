@@ -66,59 +66,67 @@ impl Session {
         self.cancel.bind(target(&server));
         let (end, owed) = self.forward(&mut server, &mut tx, false).await;
         self.cancel.unbind();
-        Box::pin(self.finish(server, tx, end, owed)).await;
+        self.finish(server, tx, end, owed).await;
     }
 
     /// Transaction mode: a backend from the first message of a transaction to its end.
-    pub async fn run_transaction_mode(mut self) {
-        while self.next_message().await {
-            match self.answer_locally().await {
-                Some(true) => continue,
-                Some(false) => return,
-                None => {}
-            }
-            let began = Instant::now();
-            self.tally.client.waiting();
-            // Boxed, like the pump: only the small wait for the next message stays inline,
-            // so an idle client costs little memory.
-            let mut server = match Box::pin(self.bind()).await {
-                Ok(server) => server,
-                Err(refusal) => {
-                    self.tally.client.unbound();
-                    self.shared.health.failed();
-                    if Box::pin(self.shed(refusal)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let mut tx = TxState::default();
-            tracing::trace!(client = self.cancel.pid, server = server.id, "bound");
-            let (end, owed) = self.forward(&mut server, &mut tx, true).await;
-            tracing::trace!(
-                client = self.cancel.pid,
-                server = server.id,
-                ?end,
-                ?tx,
-                "unbound"
-            );
-            self.cancel.unbind();
-            if let Ended::Released = end {
-                self.shared.health.served(began.elapsed());
-                let held = server.checked_out_at.elapsed();
-                self.tally.meters.checked_in(held);
-                self.shared.pools.checkin(server);
-                if self.client.write_all(&owed).await.is_err() {
+    #[allow(clippy::manual_async_fn)] // see the comment inside
+    pub fn run_transaction_mode(mut self) -> impl std::future::Future<Output = ()> + Send {
+        // Only the wait for the next message stays inline: a transaction's state is boxed
+        // while it runs, so an idle client holds little more than the `Session`. (An async
+        // block rather than an async fn: an async fn's state keeps a second copy of `self`.)
+        async move {
+            while self.next_message().await {
+                if !Box::pin(self.transaction()).await {
                     return;
                 }
-                self.tally.client.unbound();
-                continue;
             }
-            if matches!(end, Ended::IdleInTransaction | Ended::ServerGone) {
-                self.shared.health.failed();
-            }
-            return Box::pin(self.finish(server, tx, end, owed)).await;
         }
+    }
+
+    /// Serve one request: answer it locally or bind a backend for the transaction it begins.
+    /// False when the session is over.
+    async fn transaction(&mut self) -> bool {
+        if let Some(answered) = self.answer_locally().await {
+            return answered;
+        }
+        let began = Instant::now();
+        self.tally.client.waiting();
+        let mut server = match self.bind().await {
+            Ok(server) => server,
+            Err(refusal) => {
+                self.tally.client.unbound();
+                self.shared.health.failed();
+                return self.shed(refusal).await.is_ok();
+            }
+        };
+        let mut tx = TxState::default();
+        tracing::trace!(client = self.cancel.pid, server = server.id, "bound");
+        let (end, owed) = self.forward(&mut server, &mut tx, true).await;
+        tracing::trace!(
+            client = self.cancel.pid,
+            server = server.id,
+            ?end,
+            ?tx,
+            "unbound"
+        );
+        self.cancel.unbind();
+        if let Ended::Released = end {
+            self.shared.health.served(began.elapsed());
+            let held = server.checked_out_at.elapsed();
+            self.tally.meters.checked_in(held);
+            self.shared.pools.checkin(server);
+            if self.client.write_all(&owed).await.is_err() {
+                return false;
+            }
+            self.tally.client.unbound();
+            return true;
+        }
+        if matches!(end, Ended::IdleInTransaction | Ended::ServerGone) {
+            self.shared.health.failed();
+        }
+        self.finish(server, tx, end, owed).await;
+        false
     }
 
     async fn forward(
@@ -151,9 +159,7 @@ impl Session {
             rewrite: transaction_mode.then_some((&mut self.state, &rules)),
             tally: &mut self.tally,
         };
-        // Boxed: the pump's state lives on the heap only while a backend is bound, so an idle
-        // client's task stays small.
-        let ended = Box::pin(pump::forward(client, server, tx, release)).await;
+        let ended = pump::forward(client, server, tx, release).await;
         if matches!(ended.0, Ended::Released) {
             debug_assert!(self.state.tracker.is_empty(), "replies owed at release");
         }
@@ -168,6 +174,12 @@ impl Session {
         if idle.is_zero() || !self.input.is_empty() {
             return self.client.readable().await.is_ok();
         }
+        // Boxed: the timer would otherwise be part of every idle client's state even when
+        // the timeout is off.
+        Box::pin(self.wait_readable_for(idle)).await
+    }
+
+    async fn wait_readable_for(&mut self, idle: Duration) -> bool {
         match tokio::time::timeout(idle, self.client.readable()).await {
             Ok(ready) => ready.is_ok(),
             Err(_) => {
@@ -206,9 +218,8 @@ impl Session {
         loop {
             if let Some((tag, total)) = header(&self.input) {
                 if total == 0 || total > self.max_message_size() {
-                    let mut out = BytesMut::new();
-                    pump::too_large(tag, total.saturating_sub(1)).encode(&mut out);
-                    let _ = self.client.write_all(&out).await;
+                    let err = pump::too_large(tag, total.saturating_sub(1));
+                    Box::pin(self.say(&err)).await;
                     return false;
                 }
                 return tag != ftag::TERMINATE;
@@ -362,7 +373,7 @@ impl Session {
 
     /// The session is over: tell the client why if there is a why, and leave the backend
     /// clean for the next client or close it.
-    async fn finish(mut self, server: ServerConn, tx: TxState, end: Ended, owed: BytesMut) {
+    async fn finish(&mut self, server: ServerConn, tx: TxState, end: Ended, owed: BytesMut) {
         let _ = self.client.write_all(&owed).await;
         match end {
             Ended::ServerGone => {
