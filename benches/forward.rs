@@ -286,7 +286,7 @@ struct Bound {
     walker: FrameWalker,
     client: ClientState,
     backend: BackendStatements,
-    client_params: Params,
+    client_params: std::sync::Arc<Params>,
     server_params: Params,
 }
 
@@ -296,7 +296,7 @@ impl Bound {
             walker: FrameWalker::new(64 << 20),
             client: ClientState::default(),
             backend,
-            client_params: Params::new(),
+            client_params: std::sync::Arc::default(),
             server_params: Params::new(),
         }
     }

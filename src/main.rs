@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             None => check(&config),
             Some(old) => check_against(&config, &old),
         },
-        Some(Command::Quickstart { listen }) => runtime().block_on(async {
+        Some(Command::Quickstart { listen }) => runtime(1).block_on(async {
             match sluice::quickstart::run(&listen).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -78,20 +78,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The runtime: multi-threaded by default; `SLUICE_WORKERS=1` runs one event-loop thread,
-/// as PgBouncer does (fewer cross-thread wake-ups, one core's worth of throughput).
-fn runtime() -> tokio::runtime::Runtime {
-    let workers = std::env::var("SLUICE_WORKERS")
-        .ok()
-        .and_then(|w| w.parse::<usize>().ok());
-    let mut builder = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+/// The runtime: `listen.workers` event-loop threads. One (the default) runs everything on a
+/// single thread, as PgBouncer does: no cross-thread wake-ups, which on a busy machine cost
+/// more CPU per transaction than a second core gives back (docs/benchmarks.md).
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     };
     builder.enable_all().build().expect("tokio runtime")
 }
@@ -151,7 +147,7 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     init_logging(config.log.format);
-    runtime().block_on(async {
+    runtime(config.listen.workers).block_on(async {
         // Signal handlers first: a SIGHUP or SIGTERM during startup must not kill sluice
         // with the signal's default action.
         use tokio::signal::unix::{signal, SignalKind};

@@ -2,6 +2,9 @@
 //! for at startup or set later, and the values a backend currently has. Names compare without
 //! case, as PostgreSQL's GUC names do.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 /// Parameters tracked for every client, beyond `pool.track_extra_params`.
 pub const TRACKED: &[&str] = &[
     "client_encoding",
@@ -15,16 +18,41 @@ pub const TRACKED: &[&str] = &[
 
 /// A small ordered map of parameter names to values. A handful of entries, so a Vec beats a
 /// hash map here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, String)>);
+///
+/// Every change stamps the map with a version no other change anywhere has had, and a clone
+/// keeps it, so two maps with the same version hold the same values: a backend that was last
+/// made to match a client's parameters can skip the comparison while neither has changed.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    entries: Vec<(String, String)>,
+    version: u64,
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Params {}
+
+fn next_version() -> u64 {
+    static VERSIONS: AtomicU64 = AtomicU64::new(1);
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
+}
 
 impl Params {
     pub fn new() -> Params {
-        Params(Vec::new())
+        Params::default()
+    }
+
+    /// Equal versions mean equal values (see the type's documentation).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.entries
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -33,32 +61,68 @@ impl Params {
     /// Set a value; returns true when it changed.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
         match self
-            .0
+            .entries
             .iter_mut()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
         {
-            Some((_, v)) if v == value => false,
-            Some((_, v)) => {
-                *v = value.to_string();
-                true
-            }
-            None => {
-                self.0.push((name.to_string(), value.to_string()));
-                true
-            }
+            Some((_, v)) if v == value => return false,
+            Some((_, v)) => *v = value.to_string(),
+            None => self.entries.push((name.to_string(), value.to_string())),
         }
+        self.version = next_version();
+        true
+    }
+
+    /// Set a value in a map that may be shared, copying it only when the value changes.
+    pub fn set_shared(params: &mut Arc<Params>, name: &str, value: &str) -> bool {
+        if params.get(name) == Some(value) {
+            return false;
+        }
+        Arc::make_mut(params).set(name, value)
     }
 
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        let before = self.entries.len();
+        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if self.entries.len() != before {
+            self.version = next_version();
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries.is_empty()
+    }
+}
+
+/// Clients' parameter maps, shared: most clients of a pool log in with the same values, so
+/// they hold one map between them (copied on a client's first change) instead of one each.
+#[derive(Default)]
+pub struct Interner {
+    recent: Mutex<Vec<Arc<Params>>>,
+}
+
+impl Interner {
+    /// How many distinct maps are remembered; older ones are still shared by the clients
+    /// holding them, just not handed to new ones.
+    const KEEP: usize = 64;
+
+    pub fn intern(&self, params: Params) -> Arc<Params> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = recent.iter().position(|p| **p == params) {
+            let found = recent.remove(i);
+            recent.push(found.clone());
+            return found;
+        }
+        let params = Arc::new(params);
+        if recent.len() == Interner::KEEP {
+            recent.remove(0);
+        }
+        recent.push(params.clone());
+        params
     }
 }
 
@@ -151,6 +215,51 @@ mod tests {
         backend.set("application_name", "it's");
         backend.remove("search_path");
         assert_eq!(sync_sql(&wanted, &backend), None);
+    }
+
+    #[test]
+    fn equal_versions_mean_equal_values() {
+        let mut a = Params::new();
+        a.set("TimeZone", "UTC");
+        let b = a.clone();
+        assert_eq!(a.version(), b.version());
+        let mut c = a.clone();
+        assert!(!c.set("timezone", "UTC"), "no change keeps the version");
+        assert_eq!(c.version(), a.version());
+        c.set("TimeZone", "Europe/Paris");
+        assert_ne!(c.version(), a.version());
+        c.set("TimeZone", "UTC");
+        assert_eq!(c, a, "same values again");
+        assert_ne!(c.version(), a.version(), "but not known to be the same");
+        let before = c.version();
+        c.remove("search_path");
+        assert_eq!(c.version(), before, "removing nothing changes nothing");
+        c.remove("TimeZone");
+        assert_ne!(c.version(), before);
+    }
+
+    #[test]
+    fn interned_maps_are_shared_until_one_changes() {
+        let interner = Interner::default();
+        let mut p = Params::new();
+        p.set("application_name", "app");
+        let mut a = interner.intern(p.clone());
+        let b = interner.intern(p.clone());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Params::set_shared(&mut a, "application_name", "app"));
+        assert!(Arc::ptr_eq(&a, &b), "an unchanged value copies nothing");
+        assert!(Params::set_shared(&mut a, "application_name", "other"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.get("application_name"), Some("app"));
+        for i in 0..Interner::KEEP + 1 {
+            let mut q = Params::new();
+            q.set("application_name", &i.to_string());
+            interner.intern(q);
+        }
+        assert!(
+            !Arc::ptr_eq(&interner.intern(p), &b),
+            "forgotten after KEEP others"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Shared {
     pub admin: crate::admin::Admin,
     /// Prepared statements shared by every client, for transaction mode.
     pub statements: Registry,
+    /// Clients' session parameters, shared between clients with the same ones.
+    pub params: crate::params::Interner,
     /// Connections accepted and not yet closed.
     clients: AtomicUsize,
     /// Clients the open-file limit leaves room for.
@@ -178,6 +180,7 @@ impl Proxy {
             reloader,
             admin: Default::default(),
             statements,
+            params: Default::default(),
             clients: AtomicUsize::new(0),
             fd_client_budget,
             shutdown: CancellationToken::new(),

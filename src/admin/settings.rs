@@ -14,7 +14,7 @@ use crate::protocol::rows::{oid, Table};
 use super::show::text;
 
 /// Keys that take effect only at restart; everything else reloads in place.
-const RESTART_ONLY: [&str; 3] = ["listen.addr", "listen.http", "log.format"];
+const RESTART_ONLY: [&str; 4] = ["listen.addr", "listen.http", "listen.workers", "log.format"];
 
 fn render(v: &Value) -> String {
     match v {

@@ -162,7 +162,7 @@ struct Startup {
     database: String,
     user: String,
     mode: PoolMode,
-    params: Params,
+    params: Arc<Params>,
     extra_params: Vec<String>,
     /// What the pool's backends report at login.
     reported: Arc<Params>,
@@ -318,7 +318,7 @@ async fn choose_pool(
         database: database.to_string(),
         user: user.to_string(),
         mode,
-        params,
+        params: shared.params.intern(params),
         extra_params,
         reported,
         admitted,

@@ -6,6 +6,7 @@
 //! `MAX_PENDING` bytes not yet written; past that sluice stops reading from the sender, which
 //! is the backpressure a slow reader gets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -68,7 +69,7 @@ pub struct ClientSide<'a, 'r> {
     pub stream: &'a mut TcpStream,
     pub input: &'a mut BytesMut,
     pub walker: &'a mut FrameWalker,
-    pub params: &'a mut Params,
+    pub params: &'a mut Arc<Params>,
     pub extra_params: &'a [String],
     /// Transaction pooling's rewriting; None in session mode.
     pub rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
@@ -84,7 +85,7 @@ struct Flow<'a, 'r> {
     tx: &'a mut TxState,
     client_walker: &'a mut FrameWalker,
     server_walker: FrameWalker,
-    client_params: &'a mut Params,
+    client_params: &'a mut Arc<Params>,
     server_params: &'a mut Params,
     statements: &'a mut BackendStatements,
     extra: &'a [String],
@@ -428,7 +429,7 @@ impl Flow<'_, '_> {
                 if let Some((name, value)) = parse_parameter_status(&frame[5..]) {
                     self.server_params.set(name, value);
                     if params::is_tracked(name, self.extra) {
-                        self.client_params.set(name, value);
+                        Params::set_shared(self.client_params, name, value);
                     }
                 }
             }

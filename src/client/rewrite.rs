@@ -81,7 +81,7 @@ pub struct Ctx<'a, 'r> {
     pub client: &'a mut ClientState,
     pub backend: &'a mut BackendStatements,
     pub rules: &'a Rules<'r>,
-    pub client_params: &'a mut Params,
+    pub client_params: &'a mut Arc<Params>,
     pub server_params: &'a mut Params,
 }
 
@@ -279,13 +279,13 @@ impl Ctx<'_, '_> {
 
     /// The backend reset every parameter; so did the client.
     fn forget_unreported_params(&mut self) {
-        for params in [&mut *self.server_params, &mut *self.client_params] {
-            let stale: Vec<String> = params
-                .iter()
-                .filter(|(k, _)| !params::is_reported(k))
-                .map(|(k, _)| k.to_string())
-                .collect();
-            stale.iter().for_each(|k| params.remove(k));
+        forget_unreported(self.server_params);
+        if self
+            .client_params
+            .iter()
+            .any(|(k, _)| !params::is_reported(k))
+        {
+            forget_unreported(Arc::make_mut(self.client_params));
         }
     }
 
@@ -339,6 +339,15 @@ fn no_such_statement(name: &str) -> PgError {
         "26000",
         format!("prepared statement \"{name}\" does not exist"),
     )
+}
+
+fn forget_unreported(params: &mut Params) {
+    let stale: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| !params::is_reported(k))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    stale.iter().for_each(|k| params.remove(k));
 }
 
 pub fn registry_full(limit: usize) -> PgError {

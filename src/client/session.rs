@@ -38,7 +38,7 @@ pub struct Session {
     pub user: String,
     pub mode: PoolMode,
     /// What the client wants its backend's parameters to be.
-    pub params: Params,
+    pub params: Arc<Params>,
     pub extra_params: Vec<String>,
     pub cancel: Arc<CancelSlot>,
     /// Prepared statements and pinning, for transaction mode.
@@ -232,11 +232,10 @@ impl Session {
                 return false;
             }
             self.input.reserve(READ_SIZE);
-            match self.client.try_read_buf(&mut self.input) {
-                Ok(0) => return false,
-                Ok(n) => self.tally.between_transactions(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return false,
+            match read_now(&mut self.client, &mut self.input) {
+                Some(Ok(0)) | Some(Err(_)) => return false,
+                Some(Ok(n)) => self.tally.between_transactions(n),
+                None => {}
             }
         }
     }
@@ -436,6 +435,17 @@ impl Session {
     }
 }
 
+/// Read what the socket has without waiting; None when it has nothing after all. Unlike
+/// `try_read_buf` this goes through `poll_read`, which marks the socket not-ready after a
+/// short read, so the forwarding loop doesn't spend a syscall learning that it's empty.
+fn read_now(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tokio_util::io::poll_read_buf(std::pin::Pin::new(stream), &mut cx, buf) {
+        std::task::Poll::Ready(read) => Some(read),
+        std::task::Poll::Pending => None,
+    }
+}
+
 fn idle_session() -> PgError {
     PgError::fatal(
         "57P05",
@@ -475,31 +485,37 @@ fn target(server: &ServerConn) -> CancelTarget {
 }
 
 /// Make the backend's session parameters the client's: one round trip when they differ, none
-/// when they match.
-async fn sync_params(server: &mut ServerConn, wanted: &mut Params) -> Result<(), ServerError> {
-    let Some(sql) = params::sync_sql(wanted, &server.params) else {
+/// when they match, and not even a comparison when both are as they were the last time this
+/// backend was made to match the same parameters (most clients of a pool share one map).
+async fn sync_params(server: &mut ServerConn, wanted: &mut Arc<Params>) -> Result<(), ServerError> {
+    if server.synced == Some((wanted.version(), server.params.version())) {
         return Ok(());
-    };
-    server.run_quiet(&sql, CLEANUP_TIMEOUT).await?;
-    // The server reports its normalised spelling of reported parameters ("utc" -> "UTC");
-    // adopt it so the next comparison matches. The rest it keeps as sluice set them.
-    for (name, value) in wanted.clone().iter() {
-        if params::is_reported(name) {
-            if let Some(v) = server.params.get(name) {
-                let v = v.to_string();
-                wanted.set(name, &v);
-            }
-        } else {
-            server.params.set(name, value);
-        }
     }
-    let stale: Vec<String> = server
-        .params
-        .iter()
-        .filter(|(k, _)| !params::is_reported(k) && wanted.get(k).is_none())
-        .map(|(k, _)| k.to_string())
-        .collect();
-    stale.iter().for_each(|k| server.params.remove(k));
+    if let Some(sql) = params::sync_sql(wanted, &server.params) {
+        server.synced = None;
+        server.run_quiet(&sql, CLEANUP_TIMEOUT).await?;
+        // The server reports its normalised spelling of reported parameters ("utc" ->
+        // "UTC"); adopt it so the next comparison matches. The rest it keeps as sluice set
+        // them.
+        for (name, value) in wanted.clone().iter() {
+            if params::is_reported(name) {
+                if let Some(v) = server.params.get(name) {
+                    let v = v.to_string();
+                    Params::set_shared(wanted, name, &v);
+                }
+            } else {
+                server.params.set(name, value);
+            }
+        }
+        let stale: Vec<String> = server
+            .params
+            .iter()
+            .filter(|(k, _)| !params::is_reported(k) && wanted.get(k).is_none())
+            .map(|(k, _)| k.to_string())
+            .collect();
+        stale.iter().for_each(|k| server.params.remove(k));
+    }
+    server.synced = Some((wanted.version(), server.params.version()));
     Ok(())
 }
 

@@ -33,6 +33,7 @@ fn listen_and_auth(out: &mut Out, config: &Config) {
         Some(http) => out.kv("http", string(&http.to_string())),
         None => out.line("# http: not set (no HTTP listener)"),
     }
+    out.kv("workers", config.listen.workers.to_string());
     out.header("auth");
     let kind = match config.auth.kind {
         AuthType::Trust => "trust",

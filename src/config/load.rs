@@ -36,7 +36,7 @@ const RELOAD: &[&str] = &[
     "sample_interval",
     "rollback_samples",
 ];
-const LISTEN: &[&str] = &["addr", "http"];
+const LISTEN: &[&str] = &["addr", "http", "workers"];
 const AUTH: &[&str] = &["type", "file", "admin_users", "stats_users"];
 const LIMITS: &[&str] = &[
     "max_client_connections",
@@ -95,6 +95,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
 ];
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+const MAX_WORKERS: usize = 256;
 const DEFAULT_USERS_FILE: &str = "users.toml";
 const MIN_MESSAGE_SIZE: usize = 1 << 10;
 const MAX_MESSAGE_SIZE: usize = 1 << 30;
@@ -162,7 +163,18 @@ fn parse_listen(s: &Section) -> Result<Listen, ConfigError> {
             format!("must differ from listen.addr (both are {addr})"),
         ));
     }
-    Ok(Listen { addr, http })
+    let workers = s.count("workers", 1)?.unwrap_or(1);
+    if workers > MAX_WORKERS {
+        return Err(s.err(
+            "workers",
+            format!("must be at most {MAX_WORKERS} (got {workers})"),
+        ));
+    }
+    Ok(Listen {
+        addr,
+        http,
+        workers,
+    })
 }
 
 fn parse_auth(s: &Section, source: &Path) -> Result<Auth, ConfigError> {
@@ -897,6 +909,7 @@ mod tests {
         assert_eq!(c.source, Path::new(MAIN));
         assert_eq!(c.listen.addr, "127.0.0.1:6432".parse().unwrap());
         assert_eq!(c.listen.http, None);
+        assert_eq!(c.listen.workers, 1, "one event-loop thread by default");
         assert_eq!(c.auth.kind, AuthType::ScramSha256);
         assert_eq!(c.auth.file, Path::new("conf/users.toml"));
         assert!(c.auth.admin_users.is_empty());
@@ -1133,6 +1146,16 @@ password = "SCRAM-SHA-256$4096:jB89Kpt+b1BBorPE1eb3CA==$je2jP7bhuOmdTTtOTrzB7tg9
                 "must differ from listen.addr (both are 127.0.0.1:6432)",
             ),
             ("listen = 5", "listen", "expected a table, got integer 5"),
+            (
+                "[listen]\nworkers = 0",
+                "listen.workers",
+                "must be at least 1 (got 0)",
+            ),
+            (
+                "[listen]\nworkers = 1000",
+                "listen.workers",
+                "must be at most 256 (got 1000)",
+            ),
             (
                 "[auth]\ntype = \"password\"",
                 "auth.type",

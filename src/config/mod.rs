@@ -128,6 +128,9 @@ pub struct Reload {
 pub struct Listen {
     pub addr: SocketAddr,
     pub http: Option<SocketAddr>,
+    /// Event-loop threads (restart-only). One, like PgBouncer, is the cheapest per
+    /// transaction; more spread clients over cores at the cost of cross-thread wake-ups.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]

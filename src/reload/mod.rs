@@ -274,6 +274,12 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     if new.listen.http != old.listen.http {
         notes.push("listen.http changed: needs a restart; the running value is kept".into());
     }
+    if new.listen.workers != old.listen.workers {
+        notes.push(format!(
+            "listen.workers: {} -> {} needs a restart; still running {}",
+            old.listen.workers, new.listen.workers, old.listen.workers
+        ));
+    }
     new.listen = old.listen.clone();
     if new.log.format != old.log.format {
         notes.push("log.format changed: needs a restart; the running format is kept".into());

@@ -92,6 +92,9 @@ pub struct ServerConn {
     pub addr: SocketAddr,
     /// What the backend has now: reported by ParameterStatus, or SET by sluice.
     pub params: Params,
+    /// The versions of a client's parameters and of `params` when they were last made to
+    /// match: while both are unchanged, the next bind by those parameters needs no comparison.
+    pub synced: Option<(u64, u64)>,
     /// Read buffer for the forward path; kept with the backend so its allocation is reused.
     pub rbuf: BytesMut,
     /// Shared prepared statements this backend has (transaction mode).
@@ -136,6 +139,7 @@ impl ServerConn {
             key,
             addr,
             params,
+            synced: None,
             rbuf: BytesMut::new(),
             statements: Default::default(),
             created: now,
