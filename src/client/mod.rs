@@ -95,17 +95,17 @@ fn start_session(
     server: Option<ServerConn>,
     cancel: Arc<CancelSlot>,
 ) -> (Registration<'_>, RawFd, SessionRun) {
+    let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
     let registration = shared.admin.clients.register(NewClient {
         id: cancel.pid,
-        user: startup.user.clone(),
-        database: startup.database.clone(),
+        user: startup.user,
+        database: startup.database,
         pool: Some(startup.pool),
         peer,
         local: stream.local_addr().ok(),
         application_name: startup.params.get("application_name").unwrap_or("").into(),
     });
     let entry = registration.entry.clone();
-    let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
     let fd = stream.as_raw_fd();
     let session = Session {
         tally: Tally::new(meters, entry),
@@ -114,8 +114,6 @@ fn start_session(
         input: BytesMut::new(),
         walker: FrameWalker::new(shared.config.load().limits.max_message_size),
         pool: startup.pool,
-        database: startup.database,
-        user: startup.user,
         mode: startup.mode,
         params: startup.params,
         extra_params: startup.extra_params,

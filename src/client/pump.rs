@@ -121,6 +121,9 @@ pub async fn forward(
     let timeouts = client.timeouts;
     let on_query_timeout = client.on_query_timeout;
     let mut clock = Clock::new();
+    // One timer for the whole binding, re-armed only when the deadline moves: building a
+    // Sleep per loop turn cost a clock read and a runtime-handle clone each time.
+    let mut timer_sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let input = client.input;
     let mut flow = Flow {
         tx,
@@ -147,7 +150,13 @@ pub async fn forward(
             reserve(input);
             reserve(rbuf);
             let timer = clock.next(&flow, &timeouts, to_server.is_empty());
-            let fire_at = timer.map_or_else(far_future, |(at, _)| at);
+            if let Some((at, _)) = timer {
+                match timer_sleep.as_mut() {
+                    Some(sleep) if sleep.deadline() == at => {}
+                    Some(sleep) => sleep.as_mut().reset(at),
+                    None => timer_sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
             tokio::select! {
                 biased;
                 r = swr.write(&to_server), if !to_server.is_empty() => match r {
@@ -181,7 +190,7 @@ pub async fn forward(
                     }
                     _ => break 'forward flow.client_gone(&to_server),
                 },
-                _ = tokio::time::sleep_until(fire_at), if timer.is_some() => match timer.map(|t| t.1) {
+                _ = armed(&mut timer_sleep), if timer.is_some() => match timer.map(|t| t.1) {
                     Some(Timer::IdleInTransaction) => break 'forward Ended::IdleInTransaction,
                     Some(Timer::ClientIdle) => break 'forward Ended::ClientIdle,
                     _ => {
@@ -200,8 +209,12 @@ pub async fn forward(
     (end, to_client)
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
+/// Wait for the armed timer (the branch is enabled only when there is one).
+async fn armed(sleep: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match sleep {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// When the client last spoke and when the statement in flight began, for the timeouts.

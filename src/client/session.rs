@@ -34,8 +34,6 @@ pub struct Session {
     pub input: BytesMut,
     pub walker: FrameWalker,
     pub pool: PoolId,
-    pub database: String,
-    pub user: String,
     pub mode: PoolMode,
     /// What the client wants its backend's parameters to be.
     pub params: Arc<Params>,
@@ -50,11 +48,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// The pool's names, kept once in the client's registry entry.
+    fn database(&self) -> &str {
+        &self.tally.client.info.database
+    }
+
+    fn user(&self) -> &str {
+        &self.tally.client.info.user
+    }
+
     /// Session mode: one backend, bound at login, for the whole session.
     pub async fn run_session_mode(mut self, mut server: ServerConn) {
-        if let Err(e) = Box::pin(sync_params(&mut server, &mut self.params)).await {
+        if let Err(e) = sync_params(&mut server, &mut self.params).await {
             let mut out = BytesMut::new();
-            let mut err = e.to_client(&self.database);
+            let mut err = e.to_client(self.database());
             err.severity = crate::protocol::error::Severity::Fatal;
             self.shared.admin.errors.count(&err);
             err.encode(&mut out);
@@ -97,7 +104,9 @@ impl Session {
             Err(refusal) => {
                 self.tally.client.unbound();
                 self.shared.health.failed();
-                return self.shed(refusal).await.is_ok();
+                // Boxed, as is `finish`: rare paths that would otherwise size every
+                // transaction's state.
+                return Box::pin(self.shed(refusal)).await.is_ok();
             }
         };
         let mut tx = TxState::default();
@@ -125,7 +134,7 @@ impl Session {
         if matches!(end, Ended::IdleInTransaction | Ended::ServerGone) {
             self.shared.health.failed();
         }
-        self.finish(server, tx, end, owed).await;
+        Box::pin(self.finish(server, tx, end, owed)).await;
         false
     }
 
@@ -263,7 +272,7 @@ impl Session {
                     err.severity = crate::protocol::error::Severity::Error;
                     err
                 }
-                other => other.to_client(&self.database),
+                other => other.to_client(self.database()),
             });
         }
         self.cancel.bind(target(&server));
@@ -278,7 +287,7 @@ impl Session {
                     code::TOO_MANY_CONNECTIONS,
                     format!(
                         "pool \"{}/{}\" refused the transaction: {} clients already waiting (pool.max_waiting)",
-                        self.database, self.user, stats.waiting
+                        self.database(), self.user(), stats.waiting
                     ),
                 )
                 .with_hint("Retry with backoff; the pool is overloaded.")
@@ -287,7 +296,7 @@ impl Session {
                 code::TOO_MANY_CONNECTIONS,
                 format!(
                     "pool \"{}/{}\" shed the transaction: the queue has been standing (pool.queue = \"codel\")",
-                    self.database, self.user
+                    self.database(), self.user()
                 ),
             )
             .with_hint("Retry with backoff; the pool is overloaded."),
@@ -297,8 +306,8 @@ impl Session {
                     code::TOO_MANY_CONNECTIONS,
                     format!(
                         "no server connection free for pool \"{}/{}\" within pool.queue_timeout ({}): {} of {} in use",
-                        self.database,
-                        self.user,
+                        self.database(),
+                        self.user(),
                         crate::config::units::format_duration(queue_timeout),
                         stats.open - stats.idle,
                         stats.size
@@ -310,7 +319,7 @@ impl Session {
                 PgError::fatal(code::ADMIN_SHUTDOWN, "sluice is shutting down")
             }
             CheckoutError::Connect(e) => {
-                let mut err = e.to_client(&self.database);
+                let mut err = e.to_client(self.database());
                 err.severity = crate::protocol::error::Severity::Error;
                 err
             }
@@ -396,7 +405,7 @@ impl Session {
                 let secs = self.shared.config.load().pool.idle_transaction_timeout;
                 tracing::warn!(
                     client = self.cancel.pid,
-                    pool = %format!("{}/{}", self.database, self.user),
+                    pool = %format!("{}/{}", self.database(), self.user()),
                     "client idle in transaction past pool.idle_transaction_timeout; rolled back"
                 );
                 let err = PgError::fatal(
@@ -491,6 +500,14 @@ async fn sync_params(server: &mut ServerConn, wanted: &mut Arc<Params>) -> Resul
     if server.synced == Some((wanted.version(), server.params.version())) {
         return Ok(());
     }
+    // Boxed: the round trip is the rare case and would otherwise size every bind.
+    Box::pin(sync_params_slow(server, wanted)).await
+}
+
+async fn sync_params_slow(
+    server: &mut ServerConn,
+    wanted: &mut Arc<Params>,
+) -> Result<(), ServerError> {
     if let Some(sql) = params::sync_sql(wanted, &server.params) {
         server.synced = None;
         server.run_quiet(&sql, CLEANUP_TIMEOUT).await?;

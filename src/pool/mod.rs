@@ -25,6 +25,16 @@ use crate::params::Params;
 use crate::server::{ConnectTarget, SaltedPasswords, ServerConn, ServerError};
 use state::{Grant, State, Take};
 
+/// A backend about to be handed out, if it is still there and quiet (else it is dropped).
+fn ready(mut server: ServerConn) -> Option<ServerConn> {
+    if server.check_idle() {
+        server.checked_out_at = Instant::now();
+        return Some(server);
+    }
+    tracing::debug!(server = server.id, "idle backend went away; taking another");
+    None
+}
+
 /// Index of a pool in its `PoolSet`. Pools are never removed, so an id stays valid.
 pub type PoolId = usize;
 
@@ -155,24 +165,52 @@ impl PoolSet {
         pool: PoolId,
         deadline: Instant,
     ) -> Result<ServerConn, CheckoutError> {
+        // The common case, an idle backend, needs no await; the rest is boxed so that its
+        // state (timers, a connect) doesn't size every caller's future.
+        let take = match self.take_idle(pool, deadline) {
+            Ok(server) => return Ok(server),
+            Err(take) => take,
+        };
+        Box::pin(self.checkout_slow(pool, take, deadline)).await
+    }
+
+    /// An idle backend that is still healthy, or what else `take` decided.
+    #[allow(clippy::result_large_err)] // moved once, like `Take` itself
+    fn take_idle(&self, pool: PoolId, deadline: Instant) -> Result<ServerConn, Take> {
         loop {
-            let server = match self.try_take(pool, deadline) {
+            match self.try_take(pool, deadline) {
+                Take::Idle(server) => {
+                    if let Some(server) = ready(server) {
+                        return Ok(server);
+                    }
+                }
+                other => return Err(other),
+            }
+        }
+    }
+
+    async fn checkout_slow(
+        &self,
+        pool: PoolId,
+        mut take: Take,
+        deadline: Instant,
+    ) -> Result<ServerConn, CheckoutError> {
+        loop {
+            let server = match take {
                 Take::Idle(server) => server,
-                Take::Connect(slot) => Box::pin(self.connect(pool, slot)).await?,
+                Take::Connect(slot) => self.connect(pool, slot).await?,
                 Take::Wait(id, rx) => match self.wait(pool, id, rx, deadline).await? {
                     Grant::Server(server) => server,
-                    Grant::Slot(slot) => Box::pin(self.connect(pool, slot)).await?,
+                    Grant::Slot(slot) => self.connect(pool, slot).await?,
                     Grant::Shed(why) => return Err(CheckoutError::Shed(why)),
                 },
                 Take::Shed(why) => return Err(CheckoutError::Shed(why)),
                 Take::Closed => return Err(CheckoutError::Closed),
             };
-            let mut server = server;
-            if server.check_idle() {
-                server.checked_out_at = Instant::now();
+            if let Some(server) = ready(server) {
                 return Ok(server);
             }
-            tracing::debug!(server = server.id, "idle backend went away; taking another");
+            take = self.try_take(pool, deadline);
         }
     }
 
