@@ -98,11 +98,13 @@ impl Params {
     }
 }
 
-/// Clients' parameter maps, shared: most clients of a pool log in with the same values, so
-/// they hold one map between them (copied on a client's first change) instead of one each.
+/// Clients' parameter maps and names, shared: most clients of a pool log in with the same
+/// values, so they hold one copy between them (a map is copied on a client's first change)
+/// instead of one each.
 #[derive(Default)]
 pub struct Interner {
     recent: Mutex<Vec<Arc<Params>>>,
+    names: Mutex<Vec<Arc<str>>>,
 }
 
 impl Interner {
@@ -111,19 +113,34 @@ impl Interner {
     const KEEP: usize = 64;
 
     pub fn intern(&self, params: Params) -> Arc<Params> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = recent.iter().position(|p| **p == params) {
-            let found = recent.remove(i);
-            recent.push(found.clone());
-            return found;
-        }
-        let params = Arc::new(params);
-        if recent.len() == Interner::KEEP {
-            recent.remove(0);
-        }
-        recent.push(params.clone());
-        params
+        remember(&self.recent, |p| **p == params, || Arc::new(params.clone()))
     }
+
+    /// A user, database or application name.
+    pub fn name(&self, name: &str) -> Arc<str> {
+        remember(&self.names, |n| **n == *name, || Arc::from(name))
+    }
+}
+
+/// The remembered value `is` matches (moved to the most recent end), or a new one from
+/// `make`, remembered in place of the least recent past `Interner::KEEP`.
+fn remember<T: ?Sized>(
+    recent: &Mutex<Vec<Arc<T>>>,
+    is: impl Fn(&Arc<T>) -> bool,
+    make: impl FnOnce() -> Arc<T>,
+) -> Arc<T> {
+    let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = recent.iter().rposition(is) {
+        let found = recent.remove(i);
+        recent.push(found.clone());
+        return found;
+    }
+    let made = make();
+    if recent.len() == Interner::KEEP {
+        recent.remove(0);
+    }
+    recent.push(made.clone());
+    made
 }
 
 /// Is `name` one sluice carries from client to backend?

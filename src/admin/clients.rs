@@ -78,13 +78,13 @@ impl ServerLink {
 pub struct NewClient {
     /// The client's cancel key pid: its id in SHOW CLIENTS and KILL_CLIENT.
     pub id: u32,
-    pub user: String,
-    pub database: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     /// None for admin console sessions.
     pub pool: Option<PoolId>,
     pub peer: SocketAddr,
     pub local: Option<SocketAddr>,
-    pub application_name: String,
+    pub application_name: Arc<str>,
 }
 
 /// A pool's clients by state.
@@ -111,18 +111,23 @@ impl PoolClients {
 pub struct ClientEntry {
     pub info: NewClient,
     pub connected_at: SystemTime,
-    epoch: Instant,
     state: AtomicU8,
-    /// Microseconds since `epoch`: when the current wait began.
+    /// Microseconds since `epoch()`: when the current wait began.
     waiting_since: AtomicU64,
-    /// Microseconds since `epoch`: the client's latest request.
+    /// Microseconds since `epoch()`: the client's latest request.
     request_at: AtomicU64,
-    /// Microseconds since `epoch` plus one: idle inside a transaction since then (0: not).
+    /// Microseconds since `epoch()` plus one: idle inside a transaction since then (0: not).
     idle_in_tx_since: AtomicU64,
     server: Mutex<Option<ServerLink>>,
     pinned: OnceLock<String>,
     kill: KillSwitch,
     kill_reason: OnceLock<String>,
+}
+
+/// What the entries' microsecond times count from: the first registration.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 fn micros(since: Instant, at: Instant) -> u64 {
@@ -140,7 +145,7 @@ impl ClientEntry {
 
     /// The client asked for a backend and may queue for it.
     pub fn waiting(&self) {
-        let now = micros(self.epoch, Instant::now());
+        let now = micros(epoch(), Instant::now());
         self.waiting_since.store(now, Ordering::Relaxed);
         self.request_at.store(now, Ordering::Relaxed);
         self.state
@@ -164,12 +169,12 @@ impl ClientEntry {
     /// The client sent a request now.
     pub fn requested(&self, now: Instant) {
         self.request_at
-            .store(micros(self.epoch, now), Ordering::Relaxed);
+            .store(micros(epoch(), now), Ordering::Relaxed);
     }
 
     /// The client sits inside a transaction with nothing running since `since` (None: not).
     pub fn idle_in_transaction(&self, since: Option<Instant>) {
-        let v = since.map_or(0, |at| micros(self.epoch, at) + 1);
+        let v = since.map_or(0, |at| micros(epoch(), at) + 1);
         self.idle_in_tx_since.store(v, Ordering::Relaxed);
     }
 
@@ -211,7 +216,7 @@ impl ClientEntry {
     }
 
     fn at(&self, micros: u64) -> Instant {
-        self.epoch + Duration::from_micros(micros)
+        epoch() + Duration::from_micros(micros)
     }
 
     /// Ask the client's task to end the session, telling the client `reason`.
@@ -242,11 +247,10 @@ impl Drop for Registration<'_> {
 
 impl ClientRegistry {
     pub fn register(&self, info: NewClient) -> Registration<'_> {
-        let now = Instant::now();
+        epoch(); // counts from no later than this entry's first time
         let entry = Arc::new(ClientEntry {
             info,
             connected_at: SystemTime::now(),
-            epoch: now,
             state: AtomicU8::new(ClientState::Idle as u8),
             waiting_since: AtomicU64::new(0),
             request_at: AtomicU64::new(0),
@@ -306,7 +310,7 @@ impl ClientRegistry {
         let doomed: Vec<_> = self
             .list()
             .into_iter()
-            .filter(|c| c.info.database == database && c.info.pool.is_some())
+            .filter(|c| *c.info.database == *database && c.info.pool.is_some())
             .collect();
         doomed.iter().for_each(|c| c.kill(reason));
         doomed.len()
@@ -366,7 +370,7 @@ mod tests {
             pool: Some(0),
             peer: "127.0.0.1:5000".parse().unwrap(),
             local: None,
-            application_name: String::new(),
+            application_name: "".into(),
         }
     }
 

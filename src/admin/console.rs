@@ -100,12 +100,12 @@ pub async fn serve(
     };
     let registration = shared.admin.clients.register(NewClient {
         id: cancel.pid,
-        user: login.user.clone(),
-        database: login.database.clone(),
+        user: login.user.as_str().into(),
+        database: login.database.as_str().into(),
         pool: None,
         peer,
         local: stream.local_addr().ok(),
-        application_name: login.application_name.clone(),
+        application_name: login.application_name.as_str().into(),
     });
     let mut out = BytesMut::new();
     login_reply(&mut out, &login, cancel.pid, cancel.secret);

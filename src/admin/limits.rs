@@ -125,7 +125,7 @@ fn scoped_rows(t: &mut Table, shared: &Shared, config: &Config, stats: &[PoolSta
             (
                 key("max_client_connections"),
                 db.max_client_connections,
-                count(&|c| &c.info.database == name),
+                count(&|c| *c.info.database == **name),
             ),
             (key("max_connections"), db.max_connections, open),
         ] {
@@ -150,7 +150,7 @@ fn scoped_rows(t: &mut Table, shared: &Shared, config: &Config, stats: &[PoolSta
             scope: &scope,
             limit: format!("users.{name}.max_client_connections"),
             setting: cap(user.max_client_connections),
-            in_use: int(count(&|c| &c.info.user == name)),
+            in_use: int(count(&|c| *c.info.user == **name)),
             reason: None,
             refused: None,
         };

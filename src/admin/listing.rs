@@ -54,8 +54,8 @@ pub fn clients(shared: &Shared) -> Table {
         let server = c.server();
         t.push(vec![
             text("C"),
-            text(&i.user),
-            text(&i.database),
+            text(&*i.user),
+            text(&*i.database),
             text(c.state().label()),
             ip(Some(i.peer)),
             port(Some(i.peer)),
@@ -70,7 +70,7 @@ pub fn clients(shared: &Shared) -> Table {
             text(server.map(|s| s.id.to_string()).unwrap_or_default()),
             int(0),
             text(""),
-            text(&i.application_name),
+            text(&*i.application_name),
             int(i.id),
             c.pinned().map(str::to_string),
         ]);
@@ -93,8 +93,8 @@ pub fn servers(shared: &Shared) -> Table {
         let retired = s.generation < shared.pools.generation(pool);
         t.push(vec![
             text("S"),
-            text(&c.info.user),
-            text(&c.info.database),
+            text(&*c.info.user),
+            text(&*c.info.database),
             text("active"),
             ip(Some(s.addr)),
             port(Some(s.addr)),
@@ -109,7 +109,7 @@ pub fn servers(shared: &Shared) -> Table {
             text(c.id().to_string()),
             int(s.pid),
             text(""),
-            text(&c.info.application_name),
+            text(&*c.info.application_name),
         ]);
     }
     for s in shared.pools.idle_servers() {

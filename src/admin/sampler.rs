@@ -82,7 +82,7 @@ fn advise(shared: &Shared, advisor: &mut Advisor, stats: &[PoolStats], now: Inst
         .filter_map(|c| {
             Some(IdleClient {
                 id: c.id(),
-                user: c.info.user.clone(),
+                user: c.info.user.to_string(),
                 peer: c.info.peer,
                 idle_for: c.idle_in_transaction_for(now)?,
             })

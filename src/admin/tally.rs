@@ -144,7 +144,7 @@ mod tests {
             pool: Some(0),
             peer: "127.0.0.1:1".parse().unwrap(),
             local: None,
-            application_name: String::new(),
+            application_name: "".into(),
         });
         let meters = Arc::new(PoolMeters::default());
         let mut t = Tally::new(meters.clone(), r.entry.clone());

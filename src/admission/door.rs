@@ -76,13 +76,15 @@ pub struct Door {
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     refused: [AtomicU64; 7],
     draining: AtomicBool,
+    /// Database and user names, shared by the `Admitted` of every client using them.
+    names: crate::params::Interner,
 }
 
 /// A client counted against its database's and user's caps until dropped.
 pub struct Admitted {
     door: Arc<Door>,
-    database: String,
-    user: String,
+    database: Arc<str>,
+    user: Arc<str>,
 }
 
 impl Drop for Admitted {
@@ -93,10 +95,10 @@ impl Drop for Admitted {
             (&mut c.databases, &self.database),
             (&mut c.users, &self.user),
         ] {
-            if let Some(n) = map.get_mut(key) {
+            if let Some(n) = map.get_mut(&**key) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(key);
+                    map.remove(&**key);
                 }
             }
         }
@@ -113,6 +115,7 @@ impl Door {
             blocked: Mutex::new(HashMap::new()),
             refused: Default::default(),
             draining: AtomicBool::new(false),
+            names: Default::default(),
         };
         door.reconfigure(config);
         door
@@ -200,8 +203,8 @@ impl Door {
         *c.users.entry(user.to_string()).or_default() += 1;
         Ok(Admitted {
             door: self.clone(),
-            database: database.to_string(),
-            user: user.to_string(),
+            database: self.names.name(database),
+            user: self.names.name(user),
         })
     }
 

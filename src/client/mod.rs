@@ -98,12 +98,14 @@ fn start_session(
     let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
     let registration = shared.admin.clients.register(NewClient {
         id: cancel.pid,
-        user: startup.user,
-        database: startup.database,
+        user: shared.params.name(&startup.user),
+        database: shared.params.name(&startup.database),
         pool: Some(startup.pool),
         peer,
         local: stream.local_addr().ok(),
-        application_name: startup.params.get("application_name").unwrap_or("").into(),
+        application_name: shared
+            .params
+            .name(startup.params.get("application_name").unwrap_or("")),
     });
     let entry = registration.entry.clone();
     let fd = stream.as_raw_fd();
