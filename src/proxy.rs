@@ -245,11 +245,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let _ = stream.set_nodelay(true);
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 let count = ClientCount(shared.clone());
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _count = count;
-                    client::serve(stream, shared).await;
-                });
+                tokio::spawn(client::serve(stream, shared.clone(), count));
             }
             Err(e) => {
                 // Out of descriptors or a transient accept error: back off instead of spinning.

@@ -317,47 +317,6 @@ impl ClientRegistry {
     }
 }
 
-/// Run a client's session until it ends or is killed. On a kill the session is not polled
-/// again and the caller drops it (a backend it holds is closed rather than reused); a client
-/// that was idle is told why with FATAL 57P01 on a duplicate of its socket `fd`.
-pub async fn until_killed<F: Future<Output = ()> + ?Sized>(
-    entry: &ClientEntry,
-    fd: RawFd,
-    session: Pin<&mut F>,
-) {
-    let finished = Killable {
-        switch: &entry.kill,
-        registered: None,
-        session,
-    }
-    .await;
-    if finished {
-        return;
-    }
-    let idle = entry.state() == ClientState::Idle;
-    // SAFETY: `fd` belongs to the socket the session owns, which stays open until the caller
-    // drops the session after this returns: dup() gives an independent descriptor for the
-    // same socket, owned by `notice` from here on.
-    let notice = idle
-        .then(|| unsafe { libc::dup(fd) })
-        .filter(|&d| d >= 0)
-        .map(|d| unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(d) });
-    let reason = entry
-        .kill_reason
-        .get()
-        .map_or("KILL_CLIENT", String::as_str);
-    tracing::info!(client = entry.id(), user = %entry.info.user, reason, "client killed by the admin console");
-    if let Some(mut stream) = notice {
-        let err = PgError::fatal(
-            code::ADMIN_SHUTDOWN,
-            format!("terminating connection due to administrator command ({reason})"),
-        );
-        let mut out = BytesMut::new();
-        err.encode(&mut out);
-        let _ = std::io::Write::write_all(&mut stream, &out);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,39 +384,94 @@ impl KillSwitch {
     }
 }
 
-/// A session that ends when it finishes (true) or when its kill switch is pulled (false; the
-/// session is dropped then, before this future completes).
-struct Killable<'a, F: ?Sized> {
-    switch: &'a KillSwitch,
+/// A client's session that the admin console can end: it runs the session until it finishes
+/// or its kill switch is pulled. On a kill the session is dropped at once (a backend it holds
+/// is closed rather than reused), and a client that was idle is told why with FATAL 57P01 on
+/// a duplicate of its socket `fd`. It owns the session's future, so the client's task holds
+/// only a pointer to it.
+pub struct Killable<F> {
+    entry: Arc<ClientEntry>,
+    fd: RawFd,
     /// The waker last handed to the switch, so it is replaced only when the task's changes.
     registered: Option<Waker>,
-    session: Pin<&'a mut F>,
+    /// None once finished or killed.
+    session: Option<F>,
 }
 
-impl<F: Future<Output = ()> + ?Sized> Future for Killable<'_, F> {
-    type Output = bool;
+impl<F: Future<Output = ()>> Killable<F> {
+    pub fn new(entry: Arc<ClientEntry>, fd: RawFd, session: F) -> Killable<F> {
+        Killable {
+            entry,
+            fd,
+            registered: None,
+            session: Some(session),
+        }
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        let this = &mut *self;
-        if this.switch.pulled() {
-            return Poll::Ready(false);
+    /// The switch was pulled: tell an idle client why, with the session's socket still open,
+    /// then drop the session.
+    fn kill(entry: &ClientEntry, fd: RawFd, mut session: Pin<&mut Option<F>>) {
+        let idle = entry.state() == ClientState::Idle;
+        // SAFETY: `fd` belongs to the socket the session owns, which is still open (the
+        // session is dropped below): dup() gives an independent descriptor for the same
+        // socket, owned by `notice` from here on.
+        let notice = idle
+            .then(|| unsafe { libc::dup(fd) })
+            .filter(|&d| d >= 0)
+            .map(|d| unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(d) });
+        session.set(None);
+        let reason = entry
+            .kill_reason
+            .get()
+            .map_or("KILL_CLIENT", String::as_str);
+        tracing::info!(client = entry.id(), user = %entry.info.user, reason, "client killed by the admin console");
+        if let Some(mut stream) = notice {
+            let err = PgError::fatal(
+                code::ADMIN_SHUTDOWN,
+                format!("terminating connection due to administrator command ({reason})"),
+            );
+            let mut out = BytesMut::new();
+            err.encode(&mut out);
+            let _ = std::io::Write::write_all(&mut stream, &out);
         }
-        if this.session.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
-        }
-        if !this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Killable<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `session` is pinned with `self`: it is never moved out, only polled in
+        // place or dropped in place with `Pin::set`, and Killable has no Drop impl.
+        let this = unsafe { self.get_unchecked_mut() };
+        let mut session = unsafe { Pin::new_unchecked(&mut this.session) };
+        let switch = &this.entry.kill;
+        if !switch.pulled() {
+            let Some(running) = session.as_mut().as_pin_mut() else {
+                return Poll::Ready(());
+            };
+            if running.poll(cx).is_ready() {
+                session.set(None);
+                return Poll::Ready(());
+            }
+            if this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
             let waker = cx.waker().clone();
-            *this.switch.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+            *switch.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
             this.registered = Some(waker);
             // A pull between the check above and the registration found no waker to wake.
-            if this.switch.pulled() {
-                return Poll::Ready(false);
+            if !switch.pulled() {
+                return Poll::Pending;
             }
         }
-        Poll::Pending
+        if session.is_some() {
+            Self::kill(&this.entry, this.fd, session);
+        }
+        Poll::Ready(())
     }
 }

@@ -18,7 +18,7 @@ use crate::protocol::messages::{self, ftag};
 use crate::protocol::rows::{self, Table};
 use crate::proxy::Shared;
 
-use super::clients::{until_killed, ClientEntry, NewClient};
+use super::clients::{ClientEntry, Killable, NewClient};
 use super::command::{self, Command, Show};
 use super::{limits, listing, operations, reloads, settings, show};
 
@@ -121,7 +121,7 @@ pub async fn serve(
         login: &login,
         entry: &entry,
     };
-    until_killed(&entry, fd, std::pin::pin!(session.run())).await;
+    Killable::new(entry.clone(), fd, session.run()).await;
 }
 
 fn login_reply(out: &mut BytesMut, login: &ConsoleLogin, pid: u32, secret: u32) {

@@ -16,7 +16,7 @@ pub use login::ClientSecrets;
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +25,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::admin::clients::{until_killed, NewClient, Registration};
+use crate::admin::clients::{Killable, NewClient, Registration};
 use crate::admin::tally::Tally;
 use crate::admission::Admitted;
 use crate::cancel::{send_cancel, CancelSlot};
@@ -41,21 +41,29 @@ use login::LoginError;
 use session::Session;
 use startup::{Opening, OpeningError};
 
-/// Serve one accepted connection to the end.
-pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
-    let registered = shared.cancels.register();
-    let cancel = registered.slot.clone();
-    // Boxed: the login's state is freed once it is done instead of sizing the whole task.
-    let Some(opened) = Box::pin(login(&mut stream, &shared, peer.ip(), &cancel)).await else {
-        return;
-    };
-    let (registration, fd, mut run) = start(&shared, stream, peer, opened, cancel);
-    match &registration {
-        Some(registration) => until_killed(&registration.entry, fd, run.as_mut()).await,
-        None => run.await,
+/// Serve one accepted connection to the end; `guard` is dropped when it ends.
+// An async block, not an async fn: an async fn's state keeps a copy of its arguments, and
+// this future is most of every client's task.
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    guard: impl Send + 'static,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let registered = shared.cancels.register();
+        let cancel = registered.slot.clone();
+        // Boxed: the login's state is freed once it is done instead of sizing the whole task.
+        let Some(opened) = Box::pin(login(&mut stream, &shared, peer.ip(), &cancel)).await else {
+            return;
+        };
+        // The registration (if any) outlives the session, which the box owns.
+        let (_registration, run) = start(&shared, stream, peer, opened, cancel);
+        run.await;
+        drop(guard);
     }
 }
 
@@ -69,17 +77,16 @@ fn start(
     peer: std::net::SocketAddr,
     opened: Opened,
     cancel: Arc<CancelSlot>,
-) -> (Option<Registration<'_>>, RawFd, SessionRun) {
+) -> (Option<Registration<'_>>, SessionRun) {
     match opened {
         Opened::Pooled(startup, server) => {
-            let (registration, fd, run) =
-                start_session(shared, stream, peer, startup, server, cancel);
-            (Some(registration), fd, run)
+            let (registration, run) = start_session(shared, stream, peer, startup, server, cancel);
+            (Some(registration), run)
         }
         Opened::Console(login) => {
             // Boxed: the console's state would otherwise size every client's task.
             let console = crate::admin::console::serve(stream, shared.clone(), login, cancel);
-            (None, -1, Box::pin(console))
+            (None, Box::pin(console))
         }
     }
 }
@@ -94,7 +101,7 @@ fn start_session(
     startup: Startup,
     server: Option<ServerConn>,
     cancel: Arc<CancelSlot>,
-) -> (Registration<'_>, RawFd, SessionRun) {
+) -> (Registration<'_>, SessionRun) {
     let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
     let registration = shared.admin.clients.register(NewClient {
         id: cancel.pid,
@@ -107,10 +114,9 @@ fn start_session(
             .params
             .name(startup.params.get("application_name").unwrap_or("")),
     });
-    let entry = registration.entry.clone();
     let fd = stream.as_raw_fd();
     let session = Session {
-        tally: Tally::new(meters, entry),
+        tally: Tally::new(meters, registration.entry.clone()),
         shared: shared.clone(),
         client: stream,
         input: BytesMut::new(),
@@ -123,11 +129,13 @@ fn start_session(
         state: Default::default(),
         _admitted: startup.admitted,
     };
+    // KILL ends the session through `Killable`, which owns it along with the box.
+    let entry = registration.entry.clone();
     let run: SessionRun = match server {
-        Some(server) => Box::pin(session.run_session_mode(server)),
-        None => Box::pin(session.run_transaction_mode()),
+        Some(server) => Box::pin(Killable::new(entry, fd, session.run_session_mode(server))),
+        None => Box::pin(Killable::new(entry, fd, session.run_transaction_mode())),
     };
-    (registration, fd, run)
+    (registration, run)
 }
 
 /// Open and authenticate within `limits.login_timeout`, answering refusals. None: the client
