@@ -279,13 +279,13 @@ impl Ctx<'_, '_> {
 
     /// The backend reset every parameter; so did the client.
     fn forget_unreported_params(&mut self) {
-        forget_unreported(self.server_params);
+        self.server_params.retain(params::is_reported);
         if self
             .client_params
             .iter()
             .any(|(k, _)| !params::is_reported(k))
         {
-            forget_unreported(Arc::make_mut(self.client_params));
+            Arc::make_mut(self.client_params).retain(params::is_reported);
         }
     }
 
@@ -339,15 +339,6 @@ fn no_such_statement(name: &str) -> PgError {
         "26000",
         format!("prepared statement \"{name}\" does not exist"),
     )
-}
-
-fn forget_unreported(params: &mut Params) {
-    let stale: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| !params::is_reported(k))
-        .map(|(k, _)| k.to_string())
-        .collect();
-    stale.iter().for_each(|k| params.remove(k));
 }
 
 pub fn registry_full(limit: usize) -> PgError {

@@ -529,13 +529,9 @@ async fn sync_params_slow(
                 server.params.set(name, value);
             }
         }
-        let stale: Vec<String> = server
+        server
             .params
-            .iter()
-            .filter(|(k, _)| !params::is_reported(k) && wanted.get(k).is_none())
-            .map(|(k, _)| k.to_string())
-            .collect();
-        stale.iter().for_each(|k| server.params.remove(k));
+            .retain(|k| params::is_reported(k) || wanted.get(k).is_some());
     }
     server.synced = Some((wanted.version(), server.params.version()));
     Ok(())
@@ -575,13 +571,7 @@ async fn cleanup(mut server: ServerConn, tx: TxState, reset: bool) -> Option<Ser
             .await
             .ok()?;
         server.statements.clear();
-        let stale: Vec<String> = server
-            .params
-            .iter()
-            .filter(|(k, _)| !params::is_reported(k))
-            .map(|(k, _)| k.to_string())
-            .collect();
-        stale.iter().for_each(|k| server.params.remove(k));
+        server.params.retain(params::is_reported);
     }
     Some(server)
 }
