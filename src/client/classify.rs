@@ -28,22 +28,32 @@ pub fn classify<'a>(sql: &'a str, extra: &[String]) -> Effect<'a> {
     let Some(first) = words.next() else {
         return Effect::None;
     };
-    let effect = match first.to_ascii_uppercase().as_str() {
-        "SET" => set(&mut words, extra),
-        "RESET" => reset(&mut words),
-        "LISTEN" => state("LISTEN"),
-        "PREPARE" => match words.next() {
+    // Compared in place: uppercasing into a String would allocate for every statement.
+    let is = |keyword: &str| first.eq_ignore_ascii_case(keyword);
+    let effect = if is("SET") {
+        set(&mut words, extra)
+    } else if is("RESET") {
+        reset(&mut words)
+    } else if is("LISTEN") {
+        state("LISTEN")
+    } else if is("PREPARE") {
+        match words.next() {
             Some(w) if w.eq_ignore_ascii_case("TRANSACTION") => Effect::None,
             _ => state("PREPARE"),
-        },
-        "DECLARE" if contains_ci(sql, "with hold") => state("DECLARE ... WITH HOLD"),
-        "CREATE" => create(&mut words),
-        "DEALLOCATE" => deallocate(&mut words),
-        "DISCARD" => match words.next() {
+        }
+    } else if is("DECLARE") && contains_ci(sql, "with hold") {
+        state("DECLARE ... WITH HOLD")
+    } else if is("CREATE") {
+        create(&mut words)
+    } else if is("DEALLOCATE") {
+        deallocate(&mut words)
+    } else if is("DISCARD") {
+        match words.next() {
             Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::DiscardAll,
             _ => Effect::None,
-        },
-        _ => Effect::None,
+        }
+    } else {
+        Effect::None
     };
     if effect == Effect::None && contains_ci(sql, "advisory_lock") {
         // pg_advisory_lock and friends hold until session end; the _xact_ ones do not and
@@ -61,10 +71,13 @@ fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
     let Some(w) = words.next() else {
         return Effect::None;
     };
-    let name = match w.to_ascii_uppercase().as_str() {
-        "LOCAL" | "TRANSACTION" | "CONSTRAINTS" => return Effect::None,
-        "ROLE" => return state("SET ROLE"),
-        "SESSION" => match words.next() {
+    let is = |keyword: &str| w.eq_ignore_ascii_case(keyword);
+    let name = if is("LOCAL") || is("TRANSACTION") || is("CONSTRAINTS") {
+        return Effect::None;
+    } else if is("ROLE") {
+        return state("SET ROLE");
+    } else if is("SESSION") {
+        match words.next() {
             Some(n) if n.eq_ignore_ascii_case("AUTHORIZATION") => {
                 return state("SET SESSION AUTHORIZATION")
             }
@@ -73,9 +86,11 @@ fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
             }
             Some(n) => n,
             None => return Effect::None,
-        },
-        "TIME" => "TimeZone",
-        _ => w,
+        }
+    } else if is("TIME") {
+        "TimeZone"
+    } else {
+        w
     };
     let name = name.trim_matches('"');
     // Parameters PostgreSQL reports back are followed through ParameterStatus; others
@@ -122,10 +137,15 @@ fn deallocate<'a>(words: &mut Words<'a>) -> Effect<'a> {
     }
 }
 
-/// ASCII case-insensitive substring search.
+/// ASCII case-insensitive substring search for a needle that starts with a letter. Windows
+/// whose first byte cannot match are passed over with one comparison (`| 0x20` folds only
+/// letters onto the lowercase letter).
 fn contains_ci(haystack: &str, needle: &str) -> bool {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    let first = n[0].to_ascii_lowercase();
+    debug_assert!(first.is_ascii_lowercase());
+    h.windows(n.len())
+        .any(|w| w[0] | 0x20 == first && w.eq_ignore_ascii_case(n))
 }
 
 /// Words of a statement: identifiers, keywords and quoted identifiers, skipping whitespace,
@@ -165,8 +185,10 @@ impl<'a> Iterator for Words<'a> {
             self.rest = &s[end..];
             return Some(&s[..end]);
         }
+        // Bytes past ASCII belong to the word: a word never ends inside a character.
         let end = s
-            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$'))
+            .bytes()
+            .position(|b| !(b.is_ascii_alphanumeric() || b >= 0x80 || b"_.$".contains(&b)))
             .unwrap_or(s.len());
         if end == 0 {
             return None;
@@ -208,6 +230,14 @@ fn statement_end(sql: &str) -> usize {
     let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        // Most bytes mean nothing here: pass them in a tight loop.
+        match b[i..]
+            .iter()
+            .position(|c| matches!(c, b';' | b'\'' | b'"' | b'-' | b'/' | b'$'))
+        {
+            Some(j) => i += j,
+            None => return b.len(),
+        }
         let skip_to = |from: usize, pat: &str| {
             sql[from..]
                 .find(pat)
@@ -257,6 +287,9 @@ mod tests {
         assert_eq!(c("create temporary table t (a int)"), state("CREATE TEMP"));
         assert_eq!(c("CREATE LOCAL TEMP TABLE t (a int)"), state("CREATE TEMP"));
         assert_eq!(c("select pg_advisory_lock(1)"), state("pg_advisory_lock"));
+        assert_eq!(c("SELECT PG_Advisory_Lock(1)"), state("pg_advisory_lock"));
+        assert_eq!(c("set \"café\" = 1"), state("SET café"));
+        assert_eq!(c("SET café.x = 1"), state("SET café.x"));
         assert_eq!(c("SET search_path = x"), state("SET search_path"));
         assert_eq!(c("SET SESSION work_mem TO '4MB'"), state("SET work_mem"));
         assert_eq!(c("set role admin"), state("SET ROLE"));

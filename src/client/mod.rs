@@ -477,25 +477,3 @@ mod size_tests {
         assert!(size < 1024, "Session is {size} bytes");
     }
 }
-#[cfg(test)]
-mod tmp_sizes {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        eprintln!("Session {}", size_of::<super::session::Session>());
-        eprintln!("ClientState {}", size_of::<super::rewrite::ClientState>());
-        eprintln!("Tally {}", size_of::<crate::admin::tally::Tally>());
-        eprintln!("Admitted {}", size_of::<crate::admission::Admitted>());
-        eprintln!("ServerConn {}", size_of::<crate::server::ServerConn>());
-        eprintln!("TcpStream {}", size_of::<tokio::net::TcpStream>());
-        eprintln!(
-            "FrameWalker {}",
-            size_of::<crate::protocol::frame::FrameWalker>()
-        );
-        eprintln!(
-            "ClientEntry {}",
-            size_of::<crate::admin::clients::ClientEntry>()
-        );
-        eprintln!("Params {}", size_of::<crate::params::Params>());
-    }
-}

@@ -140,7 +140,9 @@ impl Ctx<'_, '_> {
         let Some(p) = parse_parse(body(frame)) else {
             return self.reply(Kind::Parse { stmt: None });
         };
-        if let Some(refusal) = self.session_effect(p.query) {
+        if let Some(refusal) =
+            session_state(p.query, self.rules.extra).and_then(|what| self.session_effect(what))
+        {
             return self.refuse(refusal);
         }
         if p.name.is_empty() {
@@ -218,14 +220,25 @@ impl Ctx<'_, '_> {
     fn query(&mut self, frame: &[u8], out: &mut BytesMut) -> Handled {
         let sql = cstr(body(frame)).map_or("", |(s, _)| s);
         self.client.tracker.push(Expect::Reply(Kind::Query));
-        if let Some(refusal) = self.session_effect(sql) {
-            messages::query(out, &raise_sql(&refusal.message));
-            return Handled::Rewritten;
-        }
-        if !single_statement(sql) {
+        // One look at a single statement serves both the session-state policy and the
+        // prepared-statement bookkeeping below.
+        let single = single_statement(sql);
+        let effect = if single {
+            classify(sql, self.rules.extra)
+        } else {
+            session_state(sql, self.rules.extra).map_or(Effect::None, Effect::SessionState)
+        };
+        if let Effect::SessionState(what) = effect {
+            if let Some(refusal) = self.session_effect(what) {
+                messages::query(out, &raise_sql(&refusal.message));
+                return Handled::Rewritten;
+            }
             return Handled::Forward;
         }
-        match classify(sql, self.rules.extra) {
+        if !single {
+            return Handled::Forward;
+        }
+        match effect {
             Effect::Deallocate(name) => match self.client.statements.remove(name) {
                 Some(stmt) => {
                     self.backend.remove(stmt.id);
@@ -255,9 +268,9 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// Apply `pool.session_state` to a statement; Some(error) when it must be refused.
-    fn session_effect(&mut self, sql: &str) -> Option<PgError> {
-        let what = session_state(sql, self.rules.extra)?;
+    /// Apply `pool.session_state` to a statement that leaves `what` behind; Some(error) when
+    /// it must be refused.
+    fn session_effect(&mut self, what: String) -> Option<PgError> {
         match self.rules.policy {
             SessionStatePolicy::Allow => None,
             SessionStatePolicy::Pin => {
