@@ -36,7 +36,7 @@ use crate::protocol::error::{code, PgError};
 use crate::protocol::frame::FrameWalker;
 use crate::protocol::messages;
 use crate::proxy::Shared;
-use crate::server::ServerConn;
+use crate::server::Backend;
 use login::LoginError;
 use session::Session;
 use startup::{Opening, OpeningError};
@@ -99,7 +99,7 @@ fn start_session(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     startup: Startup,
-    server: Option<ServerConn>,
+    server: Option<Backend>,
     cancel: Arc<CancelSlot>,
 ) -> (Registration<'_>, SessionRun) {
     let meters = (shared.admin.meters).pool(startup.pool, &startup.database, &startup.user);
@@ -182,7 +182,7 @@ struct Startup {
 /// console.
 #[allow(clippy::large_enum_variant)] // one per login, moved once
 enum Opened {
-    Pooled(Startup, Option<ServerConn>),
+    Pooled(Startup, Option<Backend>),
     Console(crate::admin::console::ConsoleLogin),
 }
 
@@ -278,7 +278,7 @@ async fn choose_pool(
     user: &str,
     startup: &[(String, String)],
     admitted: Admitted,
-) -> Result<(Startup, Option<ServerConn>), Option<PgError>> {
+) -> Result<(Startup, Option<Backend>), Option<PgError>> {
     if !config.databases.contains_key(database) {
         return Err(Some(PgError::fatal(
             code::INVALID_CATALOG_NAME,

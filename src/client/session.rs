@@ -23,7 +23,7 @@ use crate::protocol::error::{code, PgError};
 use crate::protocol::frame::{header, FrameWalker, Step};
 use crate::protocol::messages::{self, ftag};
 use crate::proxy::Shared;
-use crate::server::{ServerConn, ServerError};
+use crate::server::{Backend, ServerConn, ServerError};
 
 /// How long cleanup may take on a backend whose client left before it is closed instead.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,7 +58,7 @@ impl Session {
     }
 
     /// Session mode: one backend, bound at login, for the whole session.
-    pub async fn run_session_mode(mut self, mut server: ServerConn) {
+    pub async fn run_session_mode(mut self, mut server: Backend) {
         if let Err(e) = sync_params(&mut server, &mut self.params).await {
             let mut out = BytesMut::new();
             let mut err = e.to_client(self.database());
@@ -140,7 +140,7 @@ impl Session {
 
     async fn forward(
         &mut self,
-        server: &mut ServerConn,
+        server: &mut Backend,
         tx: &mut TxState,
         release: bool,
     ) -> (Ended, BytesMut) {
@@ -259,7 +259,7 @@ impl Session {
     }
 
     /// Check out a backend and make its parameters the client's.
-    async fn bind(&mut self) -> Result<ServerConn, PgError> {
+    async fn bind(&mut self) -> Result<Backend, PgError> {
         let queue_timeout = self.shared.config.load().pool.queue_timeout;
         let started = Instant::now();
         let mut server = self
@@ -386,7 +386,7 @@ impl Session {
 
     /// The session is over: tell the client why if there is a why, and leave the backend
     /// clean for the next client or close it.
-    async fn finish(&mut self, server: ServerConn, tx: TxState, end: Ended, owed: BytesMut) {
+    async fn finish(&mut self, server: Backend, tx: TxState, end: Ended, owed: BytesMut) {
         let _ = self.client.write_all(&owed).await;
         match end {
             Ended::ServerGone => {
@@ -432,7 +432,7 @@ impl Session {
     }
 
     /// Clean the backend (roll back, reset) and return it to the pool, or close it.
-    async fn give_back(&self, server: ServerConn, tx: TxState) {
+    async fn give_back(&self, server: Backend, tx: TxState) {
         let held = server.checked_out_at.elapsed();
         self.tally.meters.checked_in(held);
         let reset = self.mode == PoolMode::Session || self.state.pinned.is_some();
@@ -501,7 +501,7 @@ fn target(server: &ServerConn) -> CancelTarget {
 /// Make the backend's session parameters the client's: one round trip when they differ, none
 /// when they match, and not even a comparison when both are as they were the last time this
 /// backend was made to match the same parameters (most clients of a pool share one map).
-async fn sync_params(server: &mut ServerConn, wanted: &mut Arc<Params>) -> Result<(), ServerError> {
+async fn sync_params(server: &mut Backend, wanted: &mut Arc<Params>) -> Result<(), ServerError> {
     if server.synced == Some((wanted.version(), server.params.version())) {
         return Ok(());
     }
@@ -510,7 +510,7 @@ async fn sync_params(server: &mut ServerConn, wanted: &mut Arc<Params>) -> Resul
 }
 
 async fn sync_params_slow(
-    server: &mut ServerConn,
+    server: &mut Backend,
     wanted: &mut Arc<Params>,
 ) -> Result<(), ServerError> {
     if let Some(sql) = params::sync_sql(wanted, &server.params) {
@@ -541,7 +541,7 @@ async fn sync_params_slow(
 /// still running, close an unfinished extended-protocol batch with a Sync, roll back an open
 /// transaction, and in session mode DISCARD ALL. None when it cannot be made clean in time:
 /// the caller then closes it.
-async fn cleanup(mut server: ServerConn, tx: TxState, reset: bool) -> Option<ServerConn> {
+async fn cleanup(mut server: Backend, tx: TxState, reset: bool) -> Option<Backend> {
     let mut owed = tx.pending();
     let mut status = tx.status();
     if owed > 0 {

@@ -22,11 +22,11 @@ use tokio::sync::oneshot;
 
 use crate::config::QueuePolicy;
 use crate::params::Params;
-use crate::server::{ConnectTarget, SaltedPasswords, ServerConn, ServerError};
+use crate::server::{Backend, ConnectTarget, SaltedPasswords, ServerConn, ServerError};
 use state::{Grant, State, Take};
 
 /// A backend about to be handed out, if it is still there and quiet (else it is dropped).
-fn ready(mut server: ServerConn) -> Option<ServerConn> {
+fn ready(mut server: Backend) -> Option<Backend> {
     if server.check_idle() {
         server.checked_out_at = Instant::now();
         return Some(server);
@@ -164,7 +164,7 @@ impl PoolSet {
         &self,
         pool: PoolId,
         deadline: Instant,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Backend, CheckoutError> {
         // The common case, an idle backend, needs no await; the rest is boxed so that its
         // state (timers, a connect) doesn't size every caller's future.
         let take = match self.take_idle(pool, deadline) {
@@ -175,8 +175,7 @@ impl PoolSet {
     }
 
     /// An idle backend that is still healthy, or what else `take` decided.
-    #[allow(clippy::result_large_err)] // moved once, like `Take` itself
-    fn take_idle(&self, pool: PoolId, deadline: Instant) -> Result<ServerConn, Take> {
+    fn take_idle(&self, pool: PoolId, deadline: Instant) -> Result<Backend, Take> {
         loop {
             match self.try_take(pool, deadline) {
                 Take::Idle(server) => {
@@ -194,7 +193,7 @@ impl PoolSet {
         pool: PoolId,
         mut take: Take,
         deadline: Instant,
-    ) -> Result<ServerConn, CheckoutError> {
+    ) -> Result<Backend, CheckoutError> {
         loop {
             let server = match take {
                 Take::Idle(server) => server,
@@ -240,7 +239,7 @@ impl PoolSet {
         }
     }
 
-    async fn connect(&self, pool: PoolId, slot: Slot) -> Result<ServerConn, CheckoutError> {
+    async fn connect(&self, pool: PoolId, slot: Slot) -> Result<Backend, CheckoutError> {
         let (target, generation) = self.lock().target(pool);
         let id = self.next_server_id.fetch_add(1, Ordering::Relaxed);
         let result = ServerConn::connect(&target, &self.salted, slot, id).await;
@@ -250,11 +249,11 @@ impl PoolSet {
         server.generation = generation;
         self.lock().learn_params(pool, &server.params);
         tracing::debug!(server = id, pid = server.key.pid, "backend connected");
-        Ok(server)
+        Ok(Box::new(server))
     }
 
     /// Give a backend back. The caller vouches that it is idle, outside any transaction.
-    pub fn checkin(&self, mut server: ServerConn) {
+    pub fn checkin(&self, mut server: Backend) {
         server.last_used = Instant::now();
         let doomed = {
             let mut st = self.lock();

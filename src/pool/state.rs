@@ -15,21 +15,18 @@ use crate::admission::adaptive::Gradient;
 use crate::admission::codel::Codel;
 use crate::config::QueuePolicy;
 use crate::params::Params;
-use crate::server::{ConnectTarget, ServerConn};
+use crate::server::{Backend, ConnectTarget};
 
 /// What a waiter receives: a backend ready to use, capacity to connect one, or a refusal.
-// Moved once per hand-off; boxing the backend would cost an allocation per checkout.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum Grant {
-    Server(ServerConn),
+    Server(Backend),
     Slot(Slot),
     Shed(Shed),
 }
 
 /// What `take` decided.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum Take {
-    Idle(ServerConn),
+    Idle(Backend),
     Connect(Slot),
     Wait(u64, oneshot::Receiver<Grant>),
     Shed(Shed),
@@ -71,7 +68,7 @@ struct Pool {
     target: Arc<ConnectTarget>,
     open: usize,
     /// Most recently used last.
-    idle: Vec<ServerConn>,
+    idle: Vec<Backend>,
     waiters: VecDeque<Waiter>,
     server_params: Option<Arc<Params>>,
     /// Held by the one login that connects to learn `server_params`; the others wait on it.
@@ -239,7 +236,7 @@ impl State {
         pool: PoolId,
         deadline: Instant,
         set: &Weak<PoolSet>,
-        doomed: &mut Vec<ServerConn>,
+        doomed: &mut Vec<Backend>,
     ) -> Take {
         if self.closed {
             return Take::Closed;
@@ -275,7 +272,7 @@ impl State {
         pool: PoolId,
         now: Instant,
         set: &Weak<PoolSet>,
-        doomed: &mut Vec<ServerConn>,
+        doomed: &mut Vec<Backend>,
     ) -> Option<Take> {
         let lifetime = self.pools[pool].settings.lifetime;
         let mut take = None;
@@ -348,7 +345,7 @@ impl State {
 
     /// When `pool` is under its own size but a shared cap is full, close the least recently
     /// used idle backend of another pool that holds that shared capacity, and move its slot.
-    fn steal_idle(&mut self, pool: PoolId, doomed: &mut Vec<ServerConn>) -> Option<Slot> {
+    fn steal_idle(&mut self, pool: PoolId, doomed: &mut Vec<Backend>) -> Option<Slot> {
         let p = &self.pools[pool];
         if p.open >= p.settings.size {
             return None;
@@ -428,7 +425,7 @@ impl State {
     }
 
     /// Take a backend back; returns it if it must be closed instead.
-    pub(super) fn checkin(&mut self, server: ServerConn) -> Option<ServerConn> {
+    pub(super) fn checkin(&mut self, server: Backend) -> Option<Backend> {
         let pool = server.pool_id();
         let now = Instant::now();
         let p = &mut self.pools[pool];
@@ -505,7 +502,7 @@ impl State {
         max_server_connections: usize,
         reserves: Vec<(String, usize)>,
         settings_for: impl Fn(&str, &str) -> Option<PoolSettings>,
-        doomed: &mut Vec<ServerConn>,
+        doomed: &mut Vec<Backend>,
     ) {
         self.global.max = max_server_connections;
         self.reserves = reserves;
@@ -605,7 +602,7 @@ impl State {
         &mut self,
         now: Instant,
         set: &Weak<PoolSet>,
-        doomed: &mut Vec<ServerConn>,
+        doomed: &mut Vec<Backend>,
     ) -> Vec<(PoolId, Slot)> {
         for p in &mut self.pools {
             let mut open = p.open;
@@ -647,7 +644,7 @@ impl State {
         warm
     }
 
-    pub(super) fn close(&mut self) -> Vec<ServerConn> {
+    pub(super) fn close(&mut self) -> Vec<Backend> {
         self.closed = true;
         for p in &mut self.pools {
             p.waiters.clear();
@@ -661,7 +658,7 @@ impl State {
 
 /// Operator controls for the admin console (see `control.rs`).
 impl State {
-    pub(super) fn pause(&mut self, database: Option<&str>, doomed: &mut Vec<ServerConn>) {
+    pub(super) fn pause(&mut self, database: Option<&str>, doomed: &mut Vec<Backend>) {
         self.control.pause(database);
         self.close_idle(database, false, doomed);
     }
@@ -671,11 +668,11 @@ impl State {
     }
 
     /// Close idle backends of `database` now; busy ones close at checkin (a new generation).
-    pub(super) fn reconnect(&mut self, database: Option<&str>, doomed: &mut Vec<ServerConn>) {
+    pub(super) fn reconnect(&mut self, database: Option<&str>, doomed: &mut Vec<Backend>) {
         self.close_idle(database, true, doomed);
     }
 
-    fn close_idle(&mut self, database: Option<&str>, retire: bool, doomed: &mut Vec<ServerConn>) {
+    fn close_idle(&mut self, database: Option<&str>, retire: bool, doomed: &mut Vec<Backend>) {
         let start = doomed.len();
         for p in self
             .pools

@@ -83,6 +83,10 @@ impl ServerError {
     }
 }
 
+/// A backend as the pool holds and hands it out: boxed, so that handing it from the pool
+/// to a client and back moves a pointer rather than the whole connection.
+pub type Backend = Box<ServerConn>;
+
 /// A logged-in backend connection. Owns a capacity slot in its pool: dropping the connection
 /// closes it and gives the slot back.
 pub struct ServerConn {
