@@ -143,9 +143,9 @@ impl ClientEntry {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// The client asked for a backend and may queue for it.
-    pub fn waiting(&self) {
-        let now = micros(epoch(), Instant::now());
+    /// The client asked for a backend at `at` and may queue for it.
+    pub fn waiting(&self, at: Instant) {
+        let now = micros(epoch(), at);
         self.waiting_since.store(now, Ordering::Relaxed);
         self.request_at.store(now, Ordering::Relaxed);
         self.state
@@ -342,7 +342,7 @@ mod tests {
             reg.list().iter().map(|c| c.id()).collect::<Vec<_>>(),
             [7, 8]
         );
-        a.entry.waiting();
+        a.entry.waiting(Instant::now());
         assert_eq!(a.entry.state(), ClientState::Waiting);
         assert!(a.entry.wait(Instant::now()).is_some());
         a.entry.unbound();

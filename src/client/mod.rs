@@ -299,7 +299,7 @@ async fn choose_pool(
     let server = match mode {
         PoolMode::Session => {
             let started = Instant::now();
-            let server = shared.pools.checkout(pool, deadline).await;
+            let server = shared.pools.checkout(pool, started, deadline).await;
             let server = server.map_err(refusal)?;
             let meters = shared.admin.meters.pool(pool, database, user);
             meters.checked_out(started.elapsed());

@@ -97,9 +97,11 @@ impl Session {
         if let Some(answered) = self.answer_locally().await {
             return answered;
         }
+        // One clock reading each for the start and the end of a transaction serves the
+        // pool, the meters and the registry.
         let began = Instant::now();
-        self.tally.client.waiting();
-        let mut server = match self.bind().await {
+        self.tally.client.waiting(began);
+        let mut server = match self.bind(began).await {
             Ok(server) => server,
             Err(refusal) => {
                 self.tally.client.unbound();
@@ -121,10 +123,13 @@ impl Session {
         );
         self.cancel.unbind();
         if let Ended::Released = end {
-            self.shared.health.served(began.elapsed());
-            let held = server.checked_out_at.elapsed();
+            let now = Instant::now();
+            self.shared
+                .health
+                .served(now.saturating_duration_since(began));
+            let held = now.saturating_duration_since(server.checked_out_at);
             self.tally.meters.checked_in(held);
-            self.shared.pools.checkin(server);
+            self.shared.pools.checkin(server, now);
             if self.client.write_all(&owed).await.is_err() {
                 return false;
             }
@@ -258,22 +263,22 @@ impl Session {
         self.shared.config.load().limits.max_message_size
     }
 
-    /// Check out a backend and make its parameters the client's.
-    async fn bind(&mut self) -> Result<Backend, PgError> {
+    /// Check out a backend, asked for at `started`, and make its parameters the client's.
+    async fn bind(&mut self, started: Instant) -> Result<Backend, PgError> {
         let queue_timeout = self.shared.config.load().pool.queue_timeout;
-        let started = Instant::now();
         let mut server = self
             .shared
             .pools
-            .checkout(self.pool, started + queue_timeout)
+            .checkout(self.pool, started, started + queue_timeout)
             .await
             .map_err(|e| self.refusal(e, queue_timeout))?;
-        self.tally.meters.checked_out(started.elapsed());
+        let waited = server.checked_out_at.saturating_duration_since(started);
+        self.tally.meters.checked_out(waited);
         self.tally.client.bound(&server);
         if let Err(e) = sync_params(&mut server, &mut self.params).await {
             return Err(match e {
                 ServerError::Rejected(mut err) => {
-                    self.shared.pools.checkin(server);
+                    self.shared.pools.checkin(server, Instant::now());
                     err.severity = crate::protocol::error::Severity::Error;
                     err
                 }
@@ -437,7 +442,7 @@ impl Session {
         self.tally.meters.checked_in(held);
         let reset = self.mode == PoolMode::Session || self.state.pinned.is_some();
         if let Some(server) = cleanup(server, tx, reset).await {
-            self.shared.pools.checkin(server);
+            self.shared.pools.checkin(server, Instant::now());
         }
     }
 

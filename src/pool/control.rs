@@ -150,7 +150,7 @@ impl PoolSet {
             let mut st = self.lock();
             st.pause(database, &mut doomed);
             // Capacity the closed backends held may serve other databases' waiters.
-            st.grant_freed(&self.me);
+            st.grant_freed(&self.me, Instant::now());
         }
         drop(doomed);
     }
@@ -159,7 +159,7 @@ impl PoolSet {
     pub fn resume(&self, database: Option<&str>) -> Result<(), String> {
         let mut st = self.lock();
         st.resume(database)?;
-        st.grant_freed(&self.me);
+        st.grant_freed(&self.me, Instant::now());
         Ok(())
     }
 
@@ -170,7 +170,7 @@ impl PoolSet {
         {
             let mut st = self.lock();
             st.reconnect(database, &mut doomed);
-            st.grant_freed(&self.me);
+            st.grant_freed(&self.me, Instant::now());
         }
         drop(doomed);
     }

@@ -25,10 +25,11 @@ use crate::params::Params;
 use crate::server::{Backend, ConnectTarget, SaltedPasswords, ServerConn, ServerError};
 use state::{Grant, State, Take};
 
-/// A backend about to be handed out, if it is still there and quiet (else it is dropped).
-fn ready(mut server: Backend) -> Option<Backend> {
+/// A backend about to be handed out at `now`, if it is still there and quiet (else it is
+/// dropped).
+fn ready(mut server: Backend, now: Instant) -> Option<Backend> {
     if server.check_idle() {
-        server.checked_out_at = Instant::now();
+        server.checked_out_at = now;
         return Some(server);
     }
     tracing::debug!(server = server.id, "idle backend went away; taking another");
@@ -159,15 +160,17 @@ impl PoolSet {
     }
 
     /// Get a backend for `pool`: an idle one, a new one if every cap allows, or the next one
-    /// to come free before `deadline`.
+    /// to come free before `deadline`. `now` is the caller's clock reading, taken just before:
+    /// a backend handed out at once counts as checked out then.
     pub async fn checkout(
         &self,
         pool: PoolId,
+        now: Instant,
         deadline: Instant,
     ) -> Result<Backend, CheckoutError> {
         // The common case, an idle backend, needs no await; the rest is boxed so that its
         // state (timers, a connect) doesn't size every caller's future.
-        let take = match self.take_idle(pool, deadline) {
+        let take = match self.take_idle(pool, now, deadline) {
             Ok(server) => return Ok(server),
             Err(take) => take,
         };
@@ -175,11 +178,11 @@ impl PoolSet {
     }
 
     /// An idle backend that is still healthy, or what else `take` decided.
-    fn take_idle(&self, pool: PoolId, deadline: Instant) -> Result<Backend, Take> {
+    fn take_idle(&self, pool: PoolId, now: Instant, deadline: Instant) -> Result<Backend, Take> {
         loop {
-            match self.try_take(pool, deadline) {
+            match self.try_take(pool, now, deadline) {
                 Take::Idle(server) => {
-                    if let Some(server) = ready(server) {
+                    if let Some(server) = ready(server, now) {
                         return Ok(server);
                     }
                 }
@@ -206,16 +209,17 @@ impl PoolSet {
                 Take::Shed(why) => return Err(CheckoutError::Shed(why)),
                 Take::Closed => return Err(CheckoutError::Closed),
             };
-            if let Some(server) = ready(server) {
+            let now = Instant::now();
+            if let Some(server) = ready(server, now) {
                 return Ok(server);
             }
-            take = self.try_take(pool, deadline);
+            take = self.try_take(pool, now, deadline);
         }
     }
 
-    fn try_take(&self, pool: PoolId, deadline: Instant) -> Take {
+    fn try_take(&self, pool: PoolId, now: Instant, deadline: Instant) -> Take {
         let mut doomed = Vec::new();
-        let take = self.lock().take(pool, deadline, &self.me, &mut doomed);
+        let take = self.lock().take(pool, now, deadline, &self.me, &mut doomed);
         drop(doomed); // closes outside the lock: dropping a backend takes the lock again
         take
     }
@@ -252,14 +256,15 @@ impl PoolSet {
         Ok(Box::new(server))
     }
 
-    /// Give a backend back. The caller vouches that it is idle, outside any transaction.
-    pub fn checkin(&self, mut server: Backend) {
-        server.last_used = Instant::now();
+    /// Give a backend back, idle since `now` (the caller's clock reading). The caller vouches
+    /// that it is idle, outside any transaction.
+    pub fn checkin(&self, mut server: Backend, now: Instant) {
+        server.last_used = now;
         let doomed = {
             let mut st = self.lock();
-            let doomed = st.checkin(server);
+            let doomed = st.checkin(server, now);
             // A shorter queue or a higher adaptive limit may let waiters connect now.
-            st.grant_freed(&self.me);
+            st.grant_freed(&self.me, now);
             doomed
         };
         drop(doomed);
@@ -277,7 +282,7 @@ impl PoolSet {
         {
             let mut st = self.lock();
             st.reconfigure(max_server_connections, reserves, settings_for, &mut doomed);
-            st.grant_freed(&self.me);
+            st.grant_freed(&self.me, Instant::now());
         }
         drop(doomed);
     }
@@ -296,7 +301,7 @@ impl PoolSet {
     fn release(&self, pool: PoolId) {
         let mut st = self.lock();
         st.uncount(pool);
-        st.grant_freed(&self.me);
+        st.grant_freed(&self.me, Instant::now());
     }
 
     /// The parameters this pool's backends report at login, connecting one if none has yet.
@@ -314,8 +319,8 @@ impl PoolSet {
         if let Some(params) = self.server_params(pool) {
             return Ok(params);
         }
-        let server = self.checkout(pool, deadline).await?;
-        self.checkin(server);
+        let server = self.checkout(pool, Instant::now(), deadline).await?;
+        self.checkin(server, Instant::now());
         self.server_params(pool).ok_or(CheckoutError::Closed)
     }
 
@@ -339,8 +344,9 @@ impl PoolSet {
         let mut doomed = Vec::new();
         let warm = {
             let mut st = self.lock();
-            let warm = st.maintain(Instant::now(), &self.me, &mut doomed);
-            st.grant_freed(&self.me);
+            let now = Instant::now();
+            let warm = st.maintain(now, &self.me, &mut doomed);
+            st.grant_freed(&self.me, now);
             warm
         };
         drop(doomed);
@@ -348,7 +354,7 @@ impl PoolSet {
             let set = self.clone();
             tokio::spawn(async move {
                 if let Ok(server) = set.connect(pool, slot).await {
-                    set.checkin(server);
+                    set.checkin(server, Instant::now());
                 }
             });
         }

@@ -234,6 +234,7 @@ impl State {
     pub(super) fn take(
         &mut self,
         pool: PoolId,
+        now: Instant,
         deadline: Instant,
         set: &Weak<PoolSet>,
         doomed: &mut Vec<Backend>,
@@ -241,7 +242,6 @@ impl State {
         if self.closed {
             return Take::Closed;
         }
-        let now = Instant::now();
         self.shed_stale(pool, now);
         // Waiters come first: a newcomer takes nothing while others queue.
         let paused = self.control.is_paused(&self.pools[pool].database);
@@ -376,8 +376,7 @@ impl State {
 
     /// Hand freed capacity to waiters that can use it, for as long as there is any: pools
     /// under their fair share first, then the oldest waiter.
-    pub(super) fn grant_freed(&mut self, set: &Weak<PoolSet>) {
-        let now = Instant::now();
+    pub(super) fn grant_freed(&mut self, set: &Weak<PoolSet>, now: Instant) {
         while let Some(pool) = self.next_pool_to_grant(now) {
             let Some(waiter) = self.next_waiter(pool, now) else {
                 continue;
@@ -425,9 +424,8 @@ impl State {
     }
 
     /// Take a backend back; returns it if it must be closed instead.
-    pub(super) fn checkin(&mut self, server: Backend) -> Option<Backend> {
+    pub(super) fn checkin(&mut self, server: Backend, now: Instant) -> Option<Backend> {
         let pool = server.pool_id();
-        let now = Instant::now();
         let p = &mut self.pools[pool];
         let in_flight = p.in_use();
         if let Some(g) = p.adaptive.as_mut() {
@@ -442,13 +440,12 @@ impl State {
             return Some(server);
         }
         self.pools[pool].idle.push(server);
-        self.serve_idle(pool);
+        self.serve_idle(pool, now);
         None
     }
 
     /// Give idle backends to waiters while the adaptive limit allows.
-    fn serve_idle(&mut self, pool: PoolId) {
-        let now = Instant::now();
+    fn serve_idle(&mut self, pool: PoolId, now: Instant) {
         while !self.pools[pool].idle.is_empty() && self.may_use(pool) {
             let Some(waiter) = self.next_waiter(pool, now) else {
                 return;
@@ -626,7 +623,7 @@ impl State {
         }
         for pool in 0..self.pools.len() {
             self.shed_stale(pool, now);
-            self.serve_idle(pool);
+            self.serve_idle(pool, now);
             if self.control.is_paused(&self.pools[pool].database) {
                 continue;
             }
