@@ -243,6 +243,30 @@ impl RawClient {
         c
     }
 
+    /// Connect and write `bytes` in one write, reading nothing yet: a client that sends its
+    /// login and first request without waiting for the answers.
+    pub async fn pipelined(port: u16, bytes: &[u8]) -> RawClient {
+        let mut c = RawClient {
+            stream: tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+            buf: Vec::new(),
+        };
+        c.send(bytes).await;
+        c
+    }
+
+    /// Read `n` bytes outside any message (the one-byte answer to an SSLRequest).
+    pub async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut out = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut out))
+            .await
+            .expect("reply within 10s")
+            .unwrap();
+        out
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await.unwrap();

@@ -222,6 +222,34 @@ fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<Option<String>> {
 // 1, 2: COPY
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_pipelined_with_its_first_queries_is_served_in_order() {
+    use crate::harness::frames::{query, tags};
+    bounded(async {
+        let p = proxy().auth("trust").start().await;
+        // SSLRequest, StartupMessage and two queries, all in one write: sluice reads the
+        // login in as few reads as it can and must hand what follows to the session intact.
+        let mut first = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        first.extend_from_slice(&sluice::protocol::startup::startup_message(&[
+            ("user", U_TRUST),
+            ("database", crate::cluster::DATABASE),
+        ]));
+        first.extend_from_slice(&query("select 41 + 1"));
+        first.extend_from_slice(&query("select 'second'"));
+        let mut c = RawClient::pipelined(p.port(), &first).await;
+        assert_eq!(c.read_bytes(1).await, b"N", "no TLS");
+        let login = c.until_ready().await;
+        assert_eq!(login.first().map(|m| m.0), Some(b'R'), "{login:?}");
+        for want in ["42", "second"] {
+            let reply = c.until_ready().await;
+            assert_eq!(tags(&reply), "TDCZ", "{reply:?}");
+            let row = &reply[1].1;
+            assert_eq!(&row[row.len() - want.len()..], want.as_bytes(), "{reply:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out_of_10mb_with_tokio_postgres_through_a_pool_of_one() {
     bounded(async {
         let p = proxy()

@@ -93,6 +93,7 @@ pub async fn serve(
     mut stream: TcpStream,
     shared: Arc<Shared>,
     login: ConsoleLogin,
+    input: BytesMut,
     cancel: Arc<CancelSlot>,
 ) {
     let Ok(peer) = stream.peer_addr() else {
@@ -117,7 +118,7 @@ pub async fn serve(
     let session = Console {
         shared: &shared,
         stream,
-        input: BytesMut::new(),
+        input,
         login: &login,
         entry: &entry,
     };

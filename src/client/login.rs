@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::conn::LoginConn;
 use crate::auth::scram::{ScramSecret, ScramServer, MECHANISM};
 use crate::auth::{md5, Secret};
 use crate::config::AuthType;
@@ -56,9 +55,10 @@ pub enum LoginError {
     Refuse(PgError),
 }
 
-/// Run the exchange `kind` calls for. `secret` is None for a user not in users.toml.
+/// Run the exchange `kind` calls for. `secret` is None for a user not in users.toml. The last
+/// message of the exchange (SCRAM's SASLFinal) is left in `conn.out`, to go with what follows.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut LoginConn<'_>,
     user: &str,
     kind: AuthType,
     secret: Option<&Secret>,
@@ -108,21 +108,25 @@ pub fn auth_failed(user: &str) -> PgError {
     )
 }
 
-async fn md5_exchange(stream: &mut TcpStream, stored: Option<String>) -> Result<bool, LoginError> {
+async fn md5_exchange(
+    stream: &mut LoginConn<'_>,
+    stored: Option<String>,
+) -> Result<bool, LoginError> {
     let salt: [u8; 4] = rand::random();
-    let mut out = BytesMut::new();
-    messages::auth_md5(&mut out, salt);
-    send(stream, &out).await?;
+    messages::auth_md5(&mut stream.out, salt);
+    send(stream).await?;
     let body = read_password_message(stream).await?;
     let response = body.strip_suffix(&[0]).unwrap_or(&body);
     Ok(stored.is_some_and(|s| md5::verify(&s, salt, response)))
 }
 
-async fn scram_exchange(stream: &mut TcpStream, secret: ScramSecret) -> Result<bool, LoginError> {
+async fn scram_exchange(
+    stream: &mut LoginConn<'_>,
+    secret: ScramSecret,
+) -> Result<bool, LoginError> {
     let mut server = ScramServer::new(secret);
-    let mut out = BytesMut::new();
-    messages::auth_sasl(&mut out, MECHANISM);
-    send(stream, &out).await?;
+    messages::auth_sasl(&mut stream.out, MECHANISM);
+    send(stream).await?;
     let body = read_password_message(stream).await?;
     let Some((mechanism, first)) = parse_sasl_initial_response(&body) else {
         return Err(violation("malformed SASLInitialResponse"));
@@ -135,16 +139,14 @@ async fn scram_exchange(stream: &mut TcpStream, secret: ScramSecret) -> Result<b
     let Ok(server_first) = server.client_first(first) else {
         return Ok(false);
     };
-    out.clear();
-    messages::auth_request(&mut out, auth_code::SASL_CONTINUE, &server_first);
-    send(stream, &out).await?;
+    messages::auth_request(&mut stream.out, auth_code::SASL_CONTINUE, &server_first);
+    send(stream).await?;
     let body = read_password_message(stream).await?;
     let Ok(server_final) = server.client_final(&body) else {
         return Ok(false);
     };
-    out.clear();
-    messages::auth_request(&mut out, auth_code::SASL_FINAL, &server_final);
-    send(stream, &out).await?;
+    // Not sent yet: AuthenticationOk and the login reply go with it.
+    messages::auth_request(&mut stream.out, auth_code::SASL_FINAL, &server_final);
     Ok(true)
 }
 
@@ -158,18 +160,15 @@ fn decoy_secret() -> ScramSecret {
     }
 }
 
-async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {
-    stream.write_all(bytes).await.map_err(|_| LoginError::Gone)
+/// Write what is owed before waiting for the client's answer.
+async fn send(stream: &mut LoginConn<'_>) -> Result<(), LoginError> {
+    stream.flush().await.map_err(|_| LoginError::Gone)
 }
 
 /// Read one PasswordMessage-family frame ('p') and return its body.
-async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, LoginError> {
-    let mut head = [0u8; 5];
-    stream
-        .read_exact(&mut head)
-        .await
-        .map_err(|_| LoginError::Gone)?;
-    let Some((tag, total)) = header(&head) else {
+async fn read_password_message(stream: &mut LoginConn<'_>) -> Result<BytesMut, LoginError> {
+    stream.fill(5).await.map_err(|_| LoginError::Gone)?;
+    let Some((tag, total)) = header(&stream.input) else {
         unreachable!("five bytes read")
     };
     if tag == ftag::TERMINATE {
@@ -184,11 +183,9 @@ async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, LoginE
     if total == 0 || total > MAX_AUTH_MESSAGE {
         return Err(violation("invalid password message length"));
     }
-    let mut body = vec![0u8; total - 5];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|_| LoginError::Gone)?;
+    stream.fill(total).await.map_err(|_| LoginError::Gone)?;
+    let mut body = stream.input.split_to(total);
+    body.advance(5);
     Ok(body)
 }
 

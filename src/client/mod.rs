@@ -2,6 +2,7 @@
 //! cap), authentication, the choice of pool, and the login reply; then the session proper.
 
 mod classify;
+mod conn;
 mod expect;
 mod local;
 mod login;
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::admin::clients::{Killable, NewClient, Registration};
@@ -37,6 +37,7 @@ use crate::protocol::frame::FrameWalker;
 use crate::protocol::messages;
 use crate::proxy::Shared;
 use crate::server::Backend;
+use conn::LoginConn;
 use login::LoginError;
 use session::Session;
 use startup::{Opening, OpeningError};
@@ -83,9 +84,10 @@ fn start(
             let (registration, run) = start_session(shared, stream, peer, startup, server, cancel);
             (Some(registration), run)
         }
-        Opened::Console(login) => {
+        Opened::Console(login, input) => {
             // Boxed: the console's state would otherwise size every client's task.
-            let console = crate::admin::console::serve(stream, shared.clone(), login, cancel);
+            let console =
+                crate::admin::console::serve(stream, shared.clone(), login, input, cancel);
             (None, Box::pin(console))
         }
     }
@@ -119,7 +121,7 @@ fn start_session(
         tally: Tally::new(meters, registration.entry.clone()),
         shared: shared.clone(),
         client: stream,
-        input: BytesMut::new(),
+        input: startup.input,
         walker: FrameWalker::new(shared.config.load().limits.max_message_size),
         pool: startup.pool,
         mode: startup.mode,
@@ -147,20 +149,21 @@ async fn login(
     cancel: &CancelSlot,
 ) -> Option<Opened> {
     let login_timeout = shared.config.load().limits.login_timeout;
-    let refusal =
-        match tokio::time::timeout(login_timeout, open(stream, shared, peer, cancel)).await {
-            Ok(Ok(opened)) => return opened,
-            Ok(Err(None)) => return None,
-            Ok(Err(Some(refusal))) => refusal,
-            Err(_) => PgError::fatal(
-                code::CONNECTION_FAILURE,
-                "login did not complete within limits.login_timeout",
-            ),
-        };
+    let mut conn = LoginConn::new(stream);
+    let opening = open(&mut conn, shared, peer, cancel);
+    let refusal = match tokio::time::timeout(login_timeout, opening).await {
+        Ok(Ok(opened)) => return opened,
+        Ok(Err(None)) => return None,
+        Ok(Err(Some(refusal))) => refusal,
+        Err(_) => PgError::fatal(
+            code::CONNECTION_FAILURE,
+            "login did not complete within limits.login_timeout",
+        ),
+    };
     shared.admin.errors.count(&refusal);
-    let mut out = BytesMut::new();
-    refusal.encode(&mut out);
-    let _ = stream.write_all(&out).await;
+    // After what was still owed (AuthenticationOk, if the refusal came after it).
+    refusal.encode(&mut conn.out);
+    let _ = conn.flush().await;
     None
 }
 
@@ -176,6 +179,8 @@ struct Startup {
     reported: Arc<Params>,
     /// This client's place under its database's and user's client caps.
     admitted: Admitted,
+    /// What the client sent after its login without waiting for the reply.
+    input: BytesMut,
 }
 
 /// What login settled: a pooled session (with its backend in session mode), or the admin
@@ -183,12 +188,12 @@ struct Startup {
 #[allow(clippy::large_enum_variant)] // one per login, moved once
 enum Opened {
     Pooled(Startup, Option<Backend>),
-    Console(crate::admin::console::ConsoleLogin),
+    Console(crate::admin::console::ConsoleLogin, BytesMut),
 }
 
 /// Ok(None): nothing more to do (a cancel request). Err(None): the client left.
 async fn open(
-    stream: &mut TcpStream,
+    stream: &mut LoginConn<'_>,
     shared: &Arc<Shared>,
     peer: IpAddr,
     cancel: &CancelSlot,
@@ -219,7 +224,7 @@ async fn open(
         .unwrap_or(&user)
         .to_string();
     if minor > 0 {
-        negotiate(stream, &startup).await.map_err(|_| None)?;
+        negotiate(&mut stream.out, &startup);
     }
     let admitted = shared
         .admit(&config, peer, &database, &user)
@@ -236,18 +241,19 @@ async fn open(
                 Some(e)
             }
         })?;
-    let mut ok = BytesMut::new();
-    messages::auth_ok(&mut ok);
-    stream.write_all(&ok).await.map_err(|_| None)?;
+    // Held until the login reply is ready, so that it all goes in one write; a refusal from
+    // here on follows it (see `login`).
+    messages::auth_ok(&mut stream.out);
     if crate::admin::console::is_console(&config, &database) {
         let login = crate::admin::console::admit(&config, &user, &database, &startup, admitted)?;
-        return Ok(Some(Opened::Console(login)));
+        stream.flush().await.map_err(|_| None)?;
+        return Ok(Some(Opened::Console(login, stream.take_input())));
     }
-    let (startup, server) =
+    let (mut startup, server) =
         choose_pool(shared, &config, &database, &user, &startup, admitted).await?;
-    let mut reply = BytesMut::new();
-    login_reply(&mut reply, &startup, cancel.pid, cancel.secret);
-    stream.write_all(&reply).await.map_err(|_| None)?;
+    login_reply(&mut stream.out, &startup, cancel.pid, cancel.secret);
+    stream.flush().await.map_err(|_| None)?;
+    startup.input = stream.take_input();
     Ok(Some(Opened::Pooled(startup, server)))
 }
 
@@ -258,16 +264,15 @@ fn find<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Answer a 3.x (x > 0) startup with the version sluice speaks and the options it ignored.
-async fn negotiate(stream: &mut TcpStream, startup: &[(String, String)]) -> std::io::Result<()> {
+/// Answer a 3.x (x > 0) startup with the version sluice speaks and the options it ignored
+/// (written with the first authentication request).
+fn negotiate(out: &mut BytesMut, startup: &[(String, String)]) {
     let unrecognized: Vec<&str> = startup
         .iter()
         .filter(|(k, _)| k.starts_with("_pq_."))
         .map(|(k, _)| k.as_str())
         .collect();
-    let mut out = BytesMut::new();
-    messages::negotiate_protocol_version(&mut out, &unrecognized);
-    stream.write_all(&out).await
+    messages::negotiate_protocol_version(out, &unrecognized);
 }
 
 /// Pick the pool, learn its server parameters, and in session mode bind the backend now.
@@ -330,6 +335,7 @@ async fn choose_pool(
         extra_params,
         reported,
         admitted,
+        input: BytesMut::new(),
     };
     Ok((startup, server))
 }

@@ -1,9 +1,9 @@
 //! A client's opening: answer SSL and GSS encryption requests with 'N' (no TLS yet), then read
 //! either a CancelRequest or a StartupMessage.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::BytesMut;
 
+use super::conn::LoginConn;
 use crate::protocol::error::{code, PgError};
 use crate::protocol::startup::{self, StartupPacket};
 
@@ -26,15 +26,13 @@ pub enum OpeningError {
     Refuse(PgError),
 }
 
-pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, OpeningError> {
+pub async fn read_opening(conn: &mut LoginConn<'_>) -> Result<Opening, OpeningError> {
     loop {
-        let packet = read_packet(stream).await?;
+        let packet = read_packet(conn).await?;
         match startup::parse(&packet) {
             Ok(StartupPacket::Ssl) | Ok(StartupPacket::GssEnc) => {
-                stream
-                    .write_all(b"N")
-                    .await
-                    .map_err(|_| OpeningError::Gone)?;
+                conn.out.extend_from_slice(b"N");
+                conn.flush().await.map_err(|_| OpeningError::Gone)?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 return Ok(Opening::Cancel { pid, secret })
@@ -47,24 +45,15 @@ pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, OpeningErro
     }
 }
 
-async fn read_packet(stream: &mut TcpStream) -> Result<Vec<u8>, OpeningError> {
-    let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .await
-        .map_err(|_| OpeningError::Gone)?;
-    let total = match startup::packet_len(&len) {
+async fn read_packet(conn: &mut LoginConn<'_>) -> Result<BytesMut, OpeningError> {
+    conn.fill(4).await.map_err(|_| OpeningError::Gone)?;
+    let total = match startup::packet_len(&conn.input) {
         Some(Ok(total)) => total,
         Some(Err(reason)) => return Err(violation(reason)),
         None => unreachable!("four bytes read"),
     };
-    let mut packet = vec![0u8; total];
-    packet[..4].copy_from_slice(&len);
-    stream
-        .read_exact(&mut packet[4..])
-        .await
-        .map_err(|_| OpeningError::Gone)?;
-    Ok(packet)
+    conn.fill(total).await.map_err(|_| OpeningError::Gone)?;
+    Ok(conn.input.split_to(total))
 }
 
 fn violation(reason: String) -> OpeningError {
