@@ -1,6 +1,7 @@
 //! The per-client task: the opening (SSL refusal, cancel routing, startup), the door (client
 //! cap), authentication, the choice of pool, and the login reply; then the session proper.
 
+mod buffers;
 mod classify;
 mod conn;
 mod expect;

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::buffers;
 use super::local::{self, Local};
 use super::pump::{self, ClientSide, Ended, Timeouts, READ_SIZE};
 use super::rewrite::{ClientState, Rules};
@@ -245,12 +246,16 @@ impl Session {
             }
             if self.input.is_empty() && self.input.capacity() > 0 {
                 // An idle client holds no read buffer.
-                self.input = BytesMut::new();
+                buffers::give_back(std::mem::take(&mut self.input));
             }
             if !self.wait_readable().await {
                 return false;
             }
-            self.input.reserve(READ_SIZE);
+            if self.input.capacity() == 0 {
+                self.input = buffers::take();
+            } else {
+                self.input.reserve(READ_SIZE);
+            }
             match read_now(&mut self.client, &mut self.input) {
                 Some(Ok(0)) | Some(Err(_)) => return false,
                 Some(Ok(n)) => self.tally.between_transactions(n),
