@@ -10,6 +10,10 @@ use tokio::net::TcpStream;
 /// Room made for each read while logging in: a startup packet or a SCRAM message fits.
 const LOGIN_READ: usize = 1024;
 
+/// Room for what login writes: SASLFinal, AuthenticationOk and a login reply with a dozen
+/// parameters fit, so the buffer is allocated once rather than grown message by message.
+const LOGIN_WRITE: usize = 512;
+
 pub struct LoginConn<'a> {
     pub stream: &'a mut TcpStream,
     /// Received and not yet taken. What is left when the login ends is the client's first
@@ -24,7 +28,7 @@ impl<'a> LoginConn<'a> {
         LoginConn {
             stream,
             input: BytesMut::new(),
-            out: BytesMut::new(),
+            out: BytesMut::with_capacity(LOGIN_WRITE),
         }
     }
 
