@@ -45,12 +45,14 @@ impl<'a> LoginConn<'a> {
         Ok(())
     }
 
-    /// Write what is owed, if anything: before waiting for the client's answer to it.
+    /// Write what is owed, if anything: before waiting for the client's answer to it. `out`
+    /// gives up each byte as it is written, so a flush cut short (by the login timeout) leaves
+    /// only what is still unsent.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
-        }
+        self.stream.write_all_buf(&mut self.out).await?;
+        // Written bytes still sit in front of the free room; take them back, or the next
+        // messages outgrow the room after them and the buffer is allocated again.
+        let _ = self.out.try_reclaim(LOGIN_WRITE);
         Ok(())
     }
 

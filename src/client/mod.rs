@@ -423,8 +423,8 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
     Ok(pairs)
 }
 
-/// AuthenticationOk has gone already; the rest of the login reply: the server's parameters
-/// as this client will see them, sluice's own cancel key for the client, and ReadyForQuery.
+/// What follows AuthenticationOk: the server's parameters as this client will see them,
+/// sluice's own cancel key for the client, and ReadyForQuery.
 fn login_reply(out: &mut BytesMut, startup: &Startup, pid: u32, secret: u32) {
     for (name, value) in startup.reported.iter() {
         let value = startup.params.get(name).unwrap_or(value);
