@@ -150,7 +150,10 @@ impl Session {
         tx: &mut TxState,
         release: bool,
     ) -> (Ended, BytesMut) {
-        let config = self.shared.config.load();
+        // An Arc, not arc-swap's guard: a guard held across the forward's awaits takes one of
+        // the thread's eight fast slots, and with more transactions than that in flight every
+        // further load fell back to arc-swap's slow path.
+        let config = self.shared.config.load_full();
         let rules = Rules::new(&self.shared.statements, &config, &self.extra_params);
         let transaction_mode = self.mode == PoolMode::Transaction;
         let timeouts = Timeouts {
