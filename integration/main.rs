@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod harness;
 mod pgbench;
+mod pipelining;
 mod pools;
 mod prepared;
 mod protocol_paths;

@@ -109,6 +109,7 @@ pub fn pool_settings(config: &Config, database: &str, user: &str) -> PoolSetting
     let u = config.users.get(user);
     PoolSettings {
         max_waiting: config.pool.max_waiting,
+        pipeline_depth: config.pool.pipeline_depth,
         queue: config.pool.queue,
         codel_interval: config.pool.codel_interval,
         codel_target: config.pool.codel_target,

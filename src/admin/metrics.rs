@@ -248,6 +248,16 @@ fn refusals(out: &mut Out, shared: &Shared, pools: &[PoolView]) {
         }
     }
     out.family(
+        "sluice_pool_rides_total",
+        "counter",
+        "Queries sent on another waiting client's server connection (pool.pipeline_depth).",
+    );
+    for p in pools {
+        let s = &p.stats;
+        let l = [("database", s.database.as_str()), ("user", &s.user)];
+        out.sample("sluice_pool_rides_total", &l, s.rides);
+    }
+    out.family(
         "sluice_refusals_total",
         "counter",
         "New clients refused at the door, by reason.",

@@ -228,6 +228,27 @@ pub fn session_state(sql: &str, extra: &[String]) -> Option<String> {
     })
 }
 
+/// May this Query run with other clients' queries queued behind it on the same backend
+/// (`pool.pipeline_depth`)? Only if it is one statement that can leave neither a transaction
+/// open nor anything changed for the query after it: a SELECT (not SELECT INTO), VALUES,
+/// TABLE, INSERT, UPDATE or DELETE that calls no set_config and that `classify` finds
+/// harmless. Anything else waits for a backend of its own.
+pub fn rideable(sql: &str, extra: &[String]) -> bool {
+    let Some(first) = Words::new(sql).next() else {
+        return false;
+    };
+    let is = |keyword: &str| first.eq_ignore_ascii_case(keyword);
+    let kind = (is("SELECT") && !contains_ci(sql, "into"))
+        || is("VALUES")
+        || is("TABLE")
+        || is("INSERT")
+        || is("UPDATE")
+        || is("DELETE");
+    kind && single_statement(sql)
+        && !contains_ci(sql, "set_config")
+        && classify(sql, extra) == Effect::None
+}
+
 /// Is this Query text a single statement (at most one trailing semicolon)?
 pub fn single_statement(sql: &str) -> bool {
     statements(sql).filter(|s| !s.trim().is_empty()).count() <= 1
@@ -302,6 +323,44 @@ mod tests {
 
     fn c(sql: &str) -> Effect<'_> {
         classify(sql, &[])
+    }
+
+    #[test]
+    fn only_single_statements_that_end_idle_and_unchanged_ride() {
+        let ride = |sql: &str| rideable(sql, &[]);
+        for yes in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+            " /* c */ select 1",
+            "values (1), (2)",
+            "TABLE t",
+            "insert into t values (1) returning id",
+            "UPDATE t SET a = 1",
+            "delete from t where a = ';'",
+            "SELECT 'BEGIN; COMMIT'",
+        ] {
+            assert!(ride(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "BEGIN",
+            "start transaction",
+            "SELECT 1; BEGIN",
+            "SELECT 1; SELECT 2",
+            "select * into new_table from t",
+            "SELECT set_config('application_name', 'x', false)",
+            "select pg_advisory_lock(1)",
+            "SET search_path = x",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "COPY t TO STDOUT",
+            "CALL p()",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "LISTEN ch",
+            "EXPLAIN ANALYZE SELECT 1",
+            "PREPARE p AS SELECT 1",
+            "COMMIT",
+        ] {
+            assert!(!ride(no), "{no}");
+        }
     }
 
     #[test]

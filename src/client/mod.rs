@@ -7,6 +7,7 @@ mod conn;
 mod expect;
 mod local;
 mod login;
+mod pipeline;
 mod pump;
 #[doc(hidden)] // public for benches/forward.rs only
 pub mod rewrite;

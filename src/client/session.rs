@@ -19,7 +19,7 @@ use crate::admin::tally::Tally;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
 use crate::config::PoolMode;
 use crate::params::{self, Params};
-use crate::pool::{CheckoutError, Event, PoolId, Shed};
+use crate::pool::{CheckoutError, Event, PoolId, Seat, Shed};
 use crate::protocol::error::{code, PgError};
 use crate::protocol::frame::{header, FrameWalker, Step};
 use crate::protocol::messages::{self, ftag};
@@ -103,7 +103,8 @@ impl Session {
         let began = Instant::now();
         self.tally.client.waiting(began);
         let mut server = match self.bind(began).await {
-            Ok(server) => server,
+            Ok(Seat::Server(server)) => server,
+            Ok(Seat::Ride(ride)) => return Box::pin(self.ride(ride, began)).await,
             Err(refusal) => {
                 self.tally.client.unbound();
                 self.shared.health.failed();
@@ -112,6 +113,10 @@ impl Session {
                 return Box::pin(self.shed(refusal)).await.is_ok();
             }
         };
+        if !server.riders.is_empty() {
+            let riders = std::mem::take(&mut server.riders);
+            return Box::pin(self.drive(server, riders, began)).await;
+        }
         let mut tx = TxState::default();
         tracing::trace!(client = self.cancel.pid, server = server.id, "bound");
         let (end, owed) = self.forward(&mut server, &mut tx, true).await;
@@ -271,15 +276,32 @@ impl Session {
         self.shared.config.load().limits.max_message_size
     }
 
-    /// Check out a backend, asked for at `started`, and make its parameters the client's.
-    async fn bind(&mut self, started: Instant) -> Result<Backend, PgError> {
-        let queue_timeout = self.shared.config.load().pool.queue_timeout;
-        let mut server = self
+    /// Check out a backend, asked for at `started`, and make its parameters the client's; or,
+    /// where the pool pipelines, a seat on another client's backend.
+    async fn bind(&mut self, started: Instant) -> Result<Seat, PgError> {
+        let (queue_timeout, pipelining) = {
+            let config = self.shared.config.load();
+            (config.pool.queue_timeout, config.pool.pipeline_depth > 1)
+        };
+        let ride = if pipelining {
+            self.ride_request()
+        } else {
+            None
+        };
+        let seat = self
             .shared
             .pools
-            .checkout(self.pool, started, started + queue_timeout)
+            .checkout_or_ride(self.pool, started, started + queue_timeout, ride)
             .await
             .map_err(|e| self.refusal(e, queue_timeout))?;
+        let mut server = match seat {
+            Seat::Server(server) => server,
+            Seat::Ride(ride) => {
+                let waited = Instant::now().saturating_duration_since(started);
+                self.tally.meters.checked_out(waited);
+                return Ok(Seat::Ride(ride));
+            }
+        };
         let waited = server.checked_out_at.saturating_duration_since(started);
         self.tally.meters.checked_out(waited);
         self.tally.client.bound(&server);
@@ -294,7 +316,7 @@ impl Session {
             });
         }
         self.cancel.bind(target(&server));
-        Ok(server)
+        Ok(Seat::Server(server))
     }
 
     fn refusal(&self, e: CheckoutError, queue_timeout: Duration) -> PgError {
@@ -454,7 +476,7 @@ impl Session {
         }
     }
 
-    async fn say(&mut self, err: &PgError) {
+    pub(super) async fn say(&mut self, err: &PgError) {
         self.shared.admin.errors.count(err);
         let mut out = BytesMut::new();
         err.encode(&mut out);
@@ -504,7 +526,7 @@ pub fn login_refusal(e: CheckoutError, database: &str, user: &str) -> PgError {
     }
 }
 
-fn target(server: &ServerConn) -> CancelTarget {
+pub(super) fn target(server: &ServerConn) -> CancelTarget {
     CancelTarget {
         addr: server.addr,
         key: server.key,

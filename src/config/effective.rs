@@ -120,6 +120,7 @@ fn limits_and_pool(out: &mut Out, config: &Config) {
     ] {
         out.kv(key, string(&format_duration(d)));
     }
+    out.kv("pipeline_depth", pool.pipeline_depth.to_string());
 }
 
 fn log(out: &mut Out, config: &Config) {

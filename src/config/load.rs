@@ -66,7 +66,11 @@ const POOL: &[&str] = &[
     "idle_transaction_timeout",
     "query_timeout",
     "client_idle_timeout",
+    "pipeline_depth",
 ];
+/// Deepest `pool.pipeline_depth`: past a few queries per write the saving is gone and the
+/// wait behind the queries ahead keeps growing.
+const MAX_PIPELINE_DEPTH: usize = 64;
 const DATABASE: &[&str] = &[
     "host",
     "port",
@@ -244,6 +248,11 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
         );
         return Err(s.err("track_extra_params", reason));
     }
+    let pipeline_depth = s.count("pipeline_depth", 1)?.unwrap_or(1);
+    if pipeline_depth > MAX_PIPELINE_DEPTH {
+        let reason = format!("must be at most {MAX_PIPELINE_DEPTH} (got {pipeline_depth})");
+        return Err(s.err("pipeline_depth", reason));
+    }
     Ok(PoolDefaults {
         mode: s.mode("mode")?.unwrap_or(PoolMode::Transaction),
         size: s.count("size", 1)?.unwrap_or(20),
@@ -274,6 +283,7 @@ fn parse_pool(s: &Section) -> Result<PoolDefaults, ConfigError> {
         client_idle_timeout: s
             .duration("client_idle_timeout", true)?
             .unwrap_or(Duration::ZERO),
+        pipeline_depth,
     })
 }
 
@@ -1288,6 +1298,23 @@ password = "SCRAM-SHA-256$4096:jB89Kpt+b1BBorPE1eb3CA==$je2jP7bhuOmdTTtOTrzB7tg9
         // At the cap is fine, and min_size may equal size.
         let main = "[limits]\nmax_server_connections = 50\n[pool]\nsize = 50\nmin_size = 50\n[databases.bench]\nmax_connections = 50";
         parse_with(main, "[users.a]\npassword = \"x\"\npool_size = 50").unwrap();
+    }
+
+    #[test]
+    fn pipeline_depth_is_one_to_sixty_four_and_off_by_default() {
+        assert_eq!(parse_with(MINIMAL, "").unwrap().pool.pipeline_depth, 1);
+        let c = parse_with(&format!("{MINIMAL}[pool]\npipeline_depth = 64"), "").unwrap();
+        assert_eq!(c.pool.pipeline_depth, 64);
+        let r = main_reason(
+            &format!("{MINIMAL}[pool]\npipeline_depth = 0"),
+            "pool.pipeline_depth",
+        );
+        assert_eq!(r, "must be at least 1 (got 0)");
+        let r = main_reason(
+            &format!("{MINIMAL}[pool]\npipeline_depth = 65"),
+            "pool.pipeline_depth",
+        );
+        assert_eq!(r, "must be at most 64 (got 65)");
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub struct PoolDefaults {
     pub query_timeout: Duration,
     /// A client idle between transactions this long is disconnected (0: never).
     pub client_idle_timeout: Duration,
+    /// Up to this many waiting clients' single-statement queries go to one backend in one
+    /// write (1: off). See README, "Pipelining waiting queries".
+    pub pipeline_depth: usize,
 }
 
 #[derive(Debug, Clone)]

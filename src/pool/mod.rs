@@ -8,10 +8,12 @@
 //! can use it. The lock is a plain mutex held for a few field updates, never across an await.
 
 mod control;
+mod ride;
 mod slot;
 mod state;
 
 pub use control::{ConnectOutcome, ServerView};
+pub use ride::{Reply, Ride, RideRequest, Rider};
 pub use slot::Slot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +62,8 @@ pub struct PoolSettings {
     pub reserve: usize,
     /// The adaptive limit's floor, when the database uses one.
     pub adaptive_min: Option<usize>,
+    /// Queries per backend write when waiting clients ride along (1: nobody rides).
+    pub pipeline_depth: usize,
 }
 
 /// Why a waiting client was refused.
@@ -126,6 +130,15 @@ pub struct PoolStats {
     pub idle_transaction_timeouts: u64,
     pub query_timeouts: u64,
     pub client_idle_timeouts: u64,
+    /// Queries that rode on another client's backend (`pool.pipeline_depth`).
+    pub rides: u64,
+}
+
+/// What a checkout gives a client: a backend of its own (carrying riders, if the pool put
+/// any on it), or a seat on another client's.
+pub enum Seat {
+    Server(Backend),
+    Ride(Ride),
 }
 
 pub struct PoolSet {
@@ -168,19 +181,40 @@ impl PoolSet {
         now: Instant,
         deadline: Instant,
     ) -> Result<Backend, CheckoutError> {
+        match self.checkout_or_ride(pool, now, deadline, None).await? {
+            Seat::Server(server) => Ok(server),
+            Seat::Ride(_) => unreachable!("no ride was asked for"),
+        }
+    }
+
+    /// `checkout`, for a client that would also ride on another's backend (`ride`, see
+    /// `ride.rs`) if it has to wait. A backend handed out may carry riders in `riders`.
+    pub async fn checkout_or_ride(
+        &self,
+        pool: PoolId,
+        now: Instant,
+        deadline: Instant,
+        ride: Option<RideRequest>,
+    ) -> Result<Seat, CheckoutError> {
         // The common case, an idle backend, needs no await; the rest is boxed so that its
         // state (timers, a connect) doesn't size every caller's future.
-        let take = match self.take_idle(pool, now, deadline) {
-            Ok(server) => return Ok(server),
+        let take = match self.take_idle(pool, now, deadline, ride) {
+            Ok(server) => return Ok(Seat::Server(server)),
             Err(take) => take,
         };
         Box::pin(self.checkout_slow(pool, take, deadline)).await
     }
 
     /// An idle backend that is still healthy, or what else `take` decided.
-    fn take_idle(&self, pool: PoolId, now: Instant, deadline: Instant) -> Result<Backend, Take> {
+    fn take_idle(
+        &self,
+        pool: PoolId,
+        now: Instant,
+        deadline: Instant,
+        mut ride: Option<RideRequest>,
+    ) -> Result<Backend, Take> {
         loop {
-            match self.try_take(pool, now, deadline) {
+            match self.try_take(pool, now, deadline, ride.take()) {
                 Take::Idle(server) => {
                     if let Some(server) = ready(server, now) {
                         return Ok(server);
@@ -196,13 +230,14 @@ impl PoolSet {
         pool: PoolId,
         mut take: Take,
         deadline: Instant,
-    ) -> Result<Backend, CheckoutError> {
+    ) -> Result<Seat, CheckoutError> {
         loop {
             let server = match take {
                 Take::Idle(server) => server,
                 Take::Connect(slot) => self.connect(pool, slot).await?,
                 Take::Wait(id, rx) => match self.wait(pool, id, rx, deadline).await? {
                     Grant::Server(server) => server,
+                    Grant::Ride(ride) => return Ok(Seat::Ride(ride)),
                     Grant::Slot(slot) => self.connect(pool, slot).await?,
                     Grant::Shed(why) => return Err(CheckoutError::Shed(why)),
                 },
@@ -210,16 +245,26 @@ impl PoolSet {
                 Take::Closed => return Err(CheckoutError::Closed),
             };
             let now = Instant::now();
+            // (A backend that went away while idle takes its riders with it: they are told
+            // the server closed the connection.)
             if let Some(server) = ready(server, now) {
-                return Ok(server);
+                return Ok(Seat::Server(server));
             }
-            take = self.try_take(pool, now, deadline);
+            take = self.try_take(pool, now, deadline, None);
         }
     }
 
-    fn try_take(&self, pool: PoolId, now: Instant, deadline: Instant) -> Take {
+    fn try_take(
+        &self,
+        pool: PoolId,
+        now: Instant,
+        deadline: Instant,
+        ride: Option<RideRequest>,
+    ) -> Take {
         let mut doomed = Vec::new();
-        let take = self.lock().take(pool, now, deadline, &self.me, &mut doomed);
+        let take = self
+            .lock()
+            .take(pool, now, deadline, ride, &self.me, &mut doomed);
         drop(doomed); // closes outside the lock: dropping a backend takes the lock again
         take
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::control::{covers, ConnectOutcome, Control, ServerView};
+use super::ride::{Ride, RideRequest, Rider};
 use super::{Event, PoolId, PoolSet, PoolSettings, PoolStats, Shed, Slot};
 use crate::admission::adaptive::Gradient;
 use crate::admission::codel::Codel;
@@ -17,10 +18,12 @@ use crate::config::QueuePolicy;
 use crate::params::Params;
 use crate::server::{Backend, ConnectTarget};
 
-/// What a waiter receives: a backend ready to use, capacity to connect one, or a refusal.
+/// What a waiter receives: a backend ready to use, capacity to connect one, a seat on another
+/// waiter's backend, or a refusal.
 pub(super) enum Grant {
     Server(Backend),
     Slot(Slot),
+    Ride(Ride),
     Shed(Shed),
 }
 
@@ -37,6 +40,8 @@ struct Waiter {
     id: u64,
     since: Instant,
     tx: oneshot::Sender<Grant>,
+    /// Offered when the client's request could ride on another's backend.
+    ride: Option<RideRequest>,
 }
 
 #[derive(Debug)]
@@ -58,6 +63,7 @@ struct Counters {
     idle_transaction_timeouts: u64,
     query_timeouts: u64,
     client_idle_timeouts: u64,
+    rides: u64,
 }
 
 struct Pool {
@@ -236,6 +242,7 @@ impl State {
         pool: PoolId,
         now: Instant,
         deadline: Instant,
+        ride: Option<RideRequest>,
         set: &Weak<PoolSet>,
         doomed: &mut Vec<Backend>,
     ) -> Take {
@@ -262,7 +269,12 @@ impl State {
         let (tx, rx) = oneshot::channel();
         self.next_waiter += 1;
         let id = self.next_waiter;
-        p.waiters.push_back(Waiter { id, since: now, tx });
+        p.waiters.push_back(Waiter {
+            id,
+            since: now,
+            tx,
+            ride,
+        });
         Take::Wait(id, rx)
     }
 
@@ -444,17 +456,71 @@ impl State {
         None
     }
 
-    /// Give idle backends to waiters while the adaptive limit allows.
+    /// Give idle backends to waiters while the adaptive limit allows, with riders where the
+    /// pool pipelines.
     fn serve_idle(&mut self, pool: PoolId, now: Instant) {
         while !self.pools[pool].idle.is_empty() && self.may_use(pool) {
             let Some(waiter) = self.next_waiter(pool, now) else {
                 return;
             };
-            let server = self.pools[pool].idle.pop().expect("not empty");
-            if let Err(Grant::Server(back)) = waiter.tx.send(Grant::Server(server)) {
-                self.pools[pool].idle.push(back);
+            let mut server = self.pools[pool].idle.pop().expect("not empty");
+            let seats = self.board_riders(pool, &waiter, &mut server);
+            match waiter.tx.send(Grant::Server(server)) {
+                Ok(()) => {
+                    for (tx, ride) in seats {
+                        // A rider that is gone drops its channel; the driver discards its
+                        // replies.
+                        let _ = tx.send(Grant::Ride(ride));
+                    }
+                }
+                Err(Grant::Server(mut back)) => {
+                    // Only a waiter whose task was dropped (shutdown) refuses; its riders'
+                    // channels close, which tells them the backend is lost.
+                    back.riders.clear();
+                    self.pools[pool].idle.push(back);
+                }
+                Err(_) => unreachable!("sent a server"),
             }
         }
+    }
+
+    /// Put on `server`, whose next user is `driver`, the waiters queued right behind it that
+    /// may ride along: each waits with a request to ride, with the driver's parameters, which
+    /// the backend already has (so binding it takes no round trip that could fail). Returns
+    /// where each rider's seat goes once the driver has the backend.
+    fn board_riders(
+        &mut self,
+        pool: PoolId,
+        driver: &Waiter,
+        server: &mut Backend,
+    ) -> Vec<(oneshot::Sender<Grant>, Ride)> {
+        let p = &mut self.pools[pool];
+        let lifo = p.settings.queue == QueuePolicy::Codel && p.codel.overloaded();
+        let Some(own) = driver.ride.as_ref() else {
+            return Vec::new();
+        };
+        if p.settings.pipeline_depth < 2
+            || lifo
+            || server.synced != Some((own.params, server.params.version()))
+        {
+            return Vec::new();
+        }
+        let mut seats = Vec::new();
+        while server.riders.len() + 1 < p.settings.pipeline_depth {
+            let boards = p.waiters.front().is_some_and(|w| {
+                !w.tx.is_closed() && w.ride.as_ref().is_some_and(|r| r.params == own.params)
+            });
+            if !boards {
+                break;
+            }
+            let w = p.waiters.pop_front().expect("front exists");
+            let (rider, ride) = Rider::new(w.ride.expect("checked"));
+            server.riders.push(rider);
+            seats.push((w.tx, ride));
+            p.counters.checkouts += 1;
+            p.counters.rides += 1;
+        }
+        seats
     }
 
     /// Should a backend returned to `pool` be closed so another pool waiting on shared
@@ -590,6 +656,7 @@ impl State {
             idle_transaction_timeouts: c.idle_transaction_timeouts,
             query_timeouts: c.query_timeouts,
             client_idle_timeouts: c.client_idle_timeouts,
+            rides: c.rides,
         }
     }
 

@@ -110,6 +110,10 @@ pub struct ServerConn {
     /// The pool's connect-target generation it was made under.
     pub generation: u64,
     pub(crate) slot: Slot,
+    /// Waiting clients whose queries the pool put on this backend to go after its user's own
+    /// (`pool.pipeline_depth`). Empty except between such a checkout and the driver taking
+    /// them.
+    pub riders: Vec<crate::pool::Rider>,
 }
 
 impl fmt::Debug for ServerConn {
@@ -151,6 +155,7 @@ impl ServerConn {
             checked_out_at: now,
             generation: 0,
             slot,
+            riders: Vec::new(),
         })
     }
 

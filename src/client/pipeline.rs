@@ -1,0 +1,275 @@
+//! The client side of pipelining waiting queries (`pool.pipeline_depth`; the pool's side is in
+//! `pool/ride.rs`): which requests may ride, the driver that sends its own Query and its
+//! riders' in one write and deals out the replies, and the rider that waits for its share.
+//!
+//! A rider's query runs after the ones ahead of it in the write, so it waits for them as it
+//! would have waited in the queue; cancelling works once it is the query running. The
+//! replies go out in the order PostgreSQL sends them: each ReadyForQuery ends one client's
+//! share.
+
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::classify;
+use super::pump::READ_SIZE;
+use super::session::{target, Session};
+use crate::cancel::send_cancel;
+use crate::params::{self, Params};
+use crate::pool::{Event, Reply, Ride, RideRequest, Rider};
+use crate::protocol::error::{code, PgError};
+use crate::protocol::frame::{body, cstr, header, FrameWalker, Step};
+use crate::protocol::messages::{ftag, parse_parameter_status, tag};
+use crate::server::Backend;
+
+/// Where the replies coming in now belong.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Share {
+    /// The driver's own client.
+    Own,
+    /// The rider at this index.
+    Rider(usize),
+}
+
+impl Session {
+    /// What this client offers if it has to wait: a ride, when its whole request is one
+    /// Query that may share a backend (`classify::rideable`) and nothing else is buffered.
+    pub(super) fn ride_request(&self) -> Option<RideRequest> {
+        if self.state.pinned.is_some() || self.state.discarding {
+            return None;
+        }
+        let (t, len) = header(&self.input)?;
+        if t != ftag::QUERY || len != self.input.len() {
+            return None;
+        }
+        let (sql, _) = cstr(body(&self.input))?;
+        if !classify::rideable(sql, &self.extra_params) {
+            return None;
+        }
+        Some(RideRequest {
+            query: Bytes::copy_from_slice(&self.input),
+            params: self.params.version(),
+            cancel: self.cancel.clone(),
+            client: self.tally.client.clone(),
+        })
+    }
+
+    /// Send this client's Query and the riders' in one write, then deal out the replies in
+    /// order: ours to our client, each rider's down its channel. The backend goes back to
+    /// the pool once every share is delivered. False when this client's session is over.
+    pub(super) async fn drive(
+        &mut self,
+        mut server: Backend,
+        riders: Vec<Rider>,
+        began: Instant,
+    ) -> bool {
+        let query_timeout = self.shared.config.load().pool.query_timeout;
+        let (_, len) = header(&self.input).expect("a whole Query, checked by ride_request");
+        let size = len + riders.iter().map(|r| r.request.query.len()).sum::<usize>();
+        let mut batch = BytesMut::with_capacity(size);
+        batch.extend_from_slice(&self.input[..len]);
+        self.input.advance(len);
+        for rider in &riders {
+            batch.extend_from_slice(&rider.request.query);
+            rider.request.client.bound(&server);
+        }
+        self.tally.requests(1);
+        let cancel_target = target(&server);
+        let mut share = Share::Own;
+        // Our client still takes replies; our own share is delivered.
+        let (mut own_open, mut own_done) = (true, false);
+        let mut status = b'I';
+        let mut walker = FrameWalker::new(0);
+        let mut params = Vec::new();
+        let delivered = 'deliver: {
+            if server.stream.write_all(&batch).await.is_err() {
+                break 'deliver false;
+            }
+            let mut running_since = Instant::now();
+            let mut cancelled = false;
+            loop {
+                if server.rbuf.capacity() - server.rbuf.len() < READ_SIZE / 4 {
+                    server.rbuf.reserve(READ_SIZE);
+                }
+                let read = server.stream.read_buf(&mut server.rbuf);
+                let read = if query_timeout.is_zero() || cancelled {
+                    read.await
+                } else {
+                    let at = running_since + query_timeout;
+                    match tokio::time::timeout_at(at.into(), read).await {
+                        Ok(read) => read,
+                        Err(_) => {
+                            cancelled = true;
+                            self.shared.pools.count(self.pool, Event::QueryTimeout);
+                            self.shared.health.failed();
+                            tracing::info!(server = ?cancel_target.key.pid, "pool.query_timeout: cancelling the statement");
+                            tokio::spawn(send_cancel(cancel_target));
+                            continue;
+                        }
+                    }
+                };
+                if !matches!(read, Ok(n) if n > 0) {
+                    break 'deliver false;
+                }
+                let mut n = 0;
+                loop {
+                    let inspect = |t| t == tag::READY_FOR_QUERY || t == tag::PARAMETER_STATUS;
+                    match walker.step(&server.rbuf[n..], inspect) {
+                        Step::NeedMore => break,
+                        Step::Start { len, .. } | Step::Continue { len } => n += len,
+                        Step::Malformed { .. } => break 'deliver false,
+                        Step::Whole { tag, len } => {
+                            let frame = &server.rbuf[n..n + len];
+                            n += len;
+                            if tag == tag::PARAMETER_STATUS {
+                                if let Some((name, value)) = parse_parameter_status(&frame[5..]) {
+                                    server.params.set(name, value);
+                                    params.push((name.to_string(), value.to_string()));
+                                }
+                                continue;
+                            }
+                            status = frame.get(5).copied().unwrap_or(b'E');
+                            let piece = server.rbuf.split_to(n);
+                            n = 0;
+                            let params = std::mem::take(&mut params);
+                            self.hand(share, &riders, piece, Some(status), params, &mut own_open)
+                                .await;
+                            match share {
+                                Share::Own => {
+                                    own_done = true;
+                                    self.cancel.unbind();
+                                }
+                                Share::Rider(i) => riders[i].request.cancel.unbind(),
+                            }
+                            let next = match share {
+                                Share::Own => 0,
+                                Share::Rider(i) => i + 1,
+                            };
+                            let Some(rider) = riders.get(next) else {
+                                break 'deliver true;
+                            };
+                            rider.request.cancel.bind(cancel_target);
+                            share = Share::Rider(next);
+                            running_since = Instant::now();
+                            cancelled = false;
+                        }
+                    }
+                }
+                if n > 0 {
+                    let piece = server.rbuf.split_to(n);
+                    let params = std::mem::take(&mut params);
+                    self.hand(share, &riders, piece, None, params, &mut own_open)
+                        .await;
+                }
+            }
+        };
+        // Riders still owed replies see their channels close: the backend is lost to them.
+        drop(riders);
+        self.cancel.unbind();
+        let now = Instant::now();
+        self.tally
+            .meters
+            .checked_in(now.saturating_duration_since(server.checked_out_at));
+        self.tally.client.unbound();
+        self.tally.flush(false, None);
+        if delivered && status == b'I' && server.rbuf.is_empty() {
+            self.shared
+                .health
+                .served(now.saturating_duration_since(began));
+            self.shared.pools.checkin(server, now);
+            return own_open;
+        }
+        drop(server);
+        self.shared.health.failed();
+        if own_done {
+            return own_open;
+        }
+        let err = PgError::fatal(
+            code::CONNECTION_FAILURE,
+            "server closed the connection unexpectedly",
+        );
+        self.say(&err).await;
+        false
+    }
+
+    /// Pass a piece of replies to its share's client; `ready` on its last piece.
+    async fn hand(
+        &mut self,
+        share: Share,
+        riders: &[Rider],
+        piece: BytesMut,
+        ready: Option<u8>,
+        params: Vec<(String, String)>,
+        own_open: &mut bool,
+    ) {
+        let Share::Rider(i) = share else {
+            self.follow(&params);
+            if *own_open {
+                *own_open = self.client.write_all(&piece).await.is_ok();
+                self.tally.sent(piece.len());
+            }
+            if let Some(status) = ready {
+                self.tally.ready(status, 0);
+            }
+            return;
+        };
+        let reply = Reply {
+            bytes: piece,
+            ready,
+            params,
+        };
+        // A rider that left drops its channel; its replies go nowhere.
+        let _ = riders[i].replies.send(reply).await;
+    }
+
+    /// Wait for this client's share of the replies to a query that rode on another client's
+    /// backend, and pass it on. False when the session is over.
+    pub(super) async fn ride(&mut self, mut ride: Ride, began: Instant) -> bool {
+        let (_, len) = header(&self.input).expect("a whole Query, checked by ride_request");
+        self.input.advance(len);
+        self.tally.requests(1);
+        let seated = Instant::now();
+        while let Some(reply) = ride.recv().await {
+            self.follow(&reply.params);
+            if self.client.write_all(&reply.bytes).await.is_err() {
+                self.cancel.unbind();
+                return false;
+            }
+            self.tally.sent(reply.bytes.len());
+            if let Some(status) = reply.ready {
+                self.cancel.unbind();
+                let now = Instant::now();
+                self.tally.ready(status, 0);
+                self.tally
+                    .meters
+                    .checked_in(now.saturating_duration_since(seated));
+                self.tally.client.unbound();
+                self.tally.flush(false, None);
+                self.shared
+                    .health
+                    .served(now.saturating_duration_since(began));
+                return true;
+            }
+        }
+        self.cancel.unbind();
+        self.tally.client.unbound();
+        self.tally.flush(false, None);
+        self.shared.health.failed();
+        let err = PgError::fatal(
+            code::CONNECTION_FAILURE,
+            "server closed the connection unexpectedly",
+        );
+        self.say(&err).await;
+        false
+    }
+
+    /// Follow ParameterStatus messages in a share of replies, as a bound client does.
+    fn follow(&mut self, reported: &[(String, String)]) {
+        for (name, value) in reported {
+            if params::is_tracked(name, &self.extra_params) {
+                Params::set_shared(&mut self.params, name, value);
+            }
+        }
+    }
+}

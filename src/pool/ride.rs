@@ -1,0 +1,59 @@
+//! Pipelining waiting queries (`pool.pipeline_depth`). When a backend comes free for the
+//! client at the head of the queue and the clients queued right behind it each wait with one
+//! single-statement autocommit Query, up to `pipeline_depth - 1` of them ride along: the
+//! client given the backend (the driver) sends its own Query and theirs in one write, and
+//! PostgreSQL, which runs simple-protocol Queries one after another and ends each with its
+//! own ReadyForQuery, answers them in order. The driver hands each rider its replies through
+//! a channel. One write and one wake-up of the backend serve several transactions.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use crate::admin::clients::ClientEntry;
+use crate::cancel::CancelSlot;
+
+/// Replies a rider may have in its channel before the driver waits for it to catch up.
+const REPLY_BACKLOG: usize = 4;
+
+/// What a waiting client offers to ride on another's backend.
+pub struct RideRequest {
+    /// Its one Query message, whole.
+    pub query: Bytes,
+    /// The version of the client's parameters: it rides only with a driver whose backend
+    /// already has the same.
+    pub params: u64,
+    /// Bound by the driver while the rider's query is the one running, so that the client's
+    /// CancelRequest reaches it.
+    pub cancel: Arc<CancelSlot>,
+    /// The client's registry entry, shown bound to the driver's backend while it rides.
+    pub client: Arc<ClientEntry>,
+}
+
+/// A rider as the driver sees it: its request and where its replies go.
+pub struct Rider {
+    pub request: RideRequest,
+    pub replies: mpsc::Sender<Reply>,
+}
+
+/// What the rider receives: its replies in order. The channel closes without a final reply
+/// if the backend is lost first.
+pub type Ride = mpsc::Receiver<Reply>;
+
+/// A piece of a rider's replies, cut at message boundaries.
+pub struct Reply {
+    pub bytes: BytesMut,
+    /// Set on the last piece: the status byte of the rider's ReadyForQuery.
+    pub ready: Option<u8>,
+    /// ParameterStatus messages in this piece (name, value): the rider follows them as a
+    /// bound client does.
+    pub params: Vec<(String, String)>,
+}
+
+impl Rider {
+    pub(super) fn new(request: RideRequest) -> (Rider, Ride) {
+        let (replies, ride) = mpsc::channel(REPLY_BACKLOG);
+        (Rider { request, replies }, ride)
+    }
+}
