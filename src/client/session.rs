@@ -279,19 +279,12 @@ impl Session {
     /// Check out a backend, asked for at `started`, and make its parameters the client's; or,
     /// where the pool pipelines, a seat on another client's backend.
     async fn bind(&mut self, started: Instant) -> Result<Seat, PgError> {
-        let (queue_timeout, pipelining) = {
-            let config = self.shared.config.load();
-            (config.pool.queue_timeout, config.pool.pipeline_depth > 1)
-        };
-        let ride = if pipelining {
-            self.ride_request()
-        } else {
-            None
-        };
+        let queue_timeout = self.shared.config.load().pool.queue_timeout;
+        let offer = || self.ride_request();
         let seat = self
             .shared
             .pools
-            .checkout_or_ride(self.pool, started, started + queue_timeout, ride)
+            .checkout_or_ride(self.pool, started, started + queue_timeout, Some(&offer))
             .await
             .map_err(|e| self.refusal(e, queue_timeout))?;
         let mut server = match seat {

@@ -13,7 +13,7 @@ mod slot;
 mod state;
 
 pub use control::{ConnectOutcome, ServerView};
-pub use ride::{Reply, Ride, RideRequest, Rider};
+pub use ride::{Offer, Reply, Ride, RideRequest, Rider};
 pub use slot::Slot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,18 +187,19 @@ impl PoolSet {
         }
     }
 
-    /// `checkout`, for a client that would also ride on another's backend (`ride`, see
-    /// `ride.rs`) if it has to wait. A backend handed out may carry riders in `riders`.
+    /// `checkout`, for a client that would also ride on another's backend if it has to wait
+    /// and the pool pipelines (`offer`, asked only then; see `ride.rs`). A backend handed out
+    /// may carry riders in `riders`.
     pub async fn checkout_or_ride(
         &self,
         pool: PoolId,
         now: Instant,
         deadline: Instant,
-        ride: Option<RideRequest>,
+        offer: Offer<'_>,
     ) -> Result<Seat, CheckoutError> {
         // The common case, an idle backend, needs no await; the rest is boxed so that its
         // state (timers, a connect) doesn't size every caller's future.
-        let take = match self.take_idle(pool, now, deadline, ride) {
+        let take = match self.take_idle(pool, now, deadline, offer) {
             Ok(server) => return Ok(Seat::Server(server)),
             Err(take) => take,
         };
@@ -211,10 +212,10 @@ impl PoolSet {
         pool: PoolId,
         now: Instant,
         deadline: Instant,
-        mut ride: Option<RideRequest>,
+        offer: Offer<'_>,
     ) -> Result<Backend, Take> {
         loop {
-            match self.try_take(pool, now, deadline, ride.take()) {
+            match self.try_take(pool, now, deadline, offer) {
                 Take::Idle(server) => {
                     if let Some(server) = ready(server, now) {
                         return Ok(server);
@@ -254,17 +255,11 @@ impl PoolSet {
         }
     }
 
-    fn try_take(
-        &self,
-        pool: PoolId,
-        now: Instant,
-        deadline: Instant,
-        ride: Option<RideRequest>,
-    ) -> Take {
+    fn try_take(&self, pool: PoolId, now: Instant, deadline: Instant, offer: Offer<'_>) -> Take {
         let mut doomed = Vec::new();
         let take = self
             .lock()
-            .take(pool, now, deadline, ride, &self.me, &mut doomed);
+            .take(pool, now, deadline, offer, &self.me, &mut doomed);
         drop(doomed); // closes outside the lock: dropping a backend takes the lock again
         take
     }

@@ -31,6 +31,11 @@ pub struct RideRequest {
     pub client: Arc<ClientEntry>,
 }
 
+/// How a client offers to ride: asked, under the pool lock, only when the client is about to
+/// wait in a pool that pipelines. None from it (or no offer): the client waits for a backend
+/// of its own.
+pub type Offer<'a> = Option<&'a (dyn Fn() -> Option<RideRequest> + Sync)>;
+
 /// A rider as the driver sees it: its request and where its replies go.
 pub struct Rider {
     pub request: RideRequest,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::control::{covers, ConnectOutcome, Control, ServerView};
-use super::ride::{Ride, RideRequest, Rider};
+use super::ride::{Offer, Ride, RideRequest, Rider};
 use super::{Event, PoolId, PoolSet, PoolSettings, PoolStats, Shed, Slot};
 use crate::admission::adaptive::Gradient;
 use crate::admission::codel::Codel;
@@ -242,7 +242,7 @@ impl State {
         pool: PoolId,
         now: Instant,
         deadline: Instant,
-        ride: Option<RideRequest>,
+        offer: Offer<'_>,
         set: &Weak<PoolSet>,
         doomed: &mut Vec<Backend>,
     ) -> Take {
@@ -269,6 +269,10 @@ impl State {
         let (tx, rx) = oneshot::channel();
         self.next_waiter += 1;
         let id = self.next_waiter;
+        let ride = match offer {
+            Some(offer) if p.settings.pipeline_depth > 1 => offer(),
+            _ => None,
+        };
         p.waiters.push_back(Waiter {
             id,
             since: now,
