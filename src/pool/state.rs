@@ -505,6 +505,7 @@ impl State {
         };
         if p.settings.pipeline_depth < 2
             || lifo
+            || driver.tx.is_closed()
             || server.synced != Some((own.params, server.params.version()))
         {
             return Vec::new();
