@@ -76,6 +76,20 @@ async fn queued_queries_ride_and_each_client_gets_only_its_own_replies() {
                             bad(format!("transaction saw txids {ids:?}"));
                         }
                     }
+                    // The extended protocol on the unnamed statement (Parse, Bind, Execute,
+                    // Sync in one write) rides too.
+                    2 => {
+                        let rows = c
+                            .query_typed(
+                                "select $1::int * 3 from pg_sleep(0.001)",
+                                &[(&(i as i32), tokio_postgres::types::Type::INT4)],
+                            )
+                            .await;
+                        match rows {
+                            Ok(rows) if rows.len() == 1 && rows[0].get::<_, i32>(0) == 3 * i as i32 => {}
+                            other => bad(format!("extended query gave {other:?}")),
+                        }
+                    }
                     // Rows: this client's number, many rows, a short sleep.
                     _ => {
                         let want = format!("{i}-{round}");
@@ -221,4 +235,52 @@ async fn riders_of_a_lost_backend_are_told_and_the_pool_recovers() {
     let fresh = p.connect(&user).await.unwrap();
     let reply = fresh.simple_query("select 'again'").await.unwrap();
     assert_eq!(first_value(&reply).as_deref(), Some("again"));
+}
+
+/// libpq-style extended requests on the unnamed statement ride like Query messages; a
+/// request with a named statement waits for a backend of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_extended_requests_ride_and_named_ones_do_not() {
+    let user = role("u_pipeline_ext");
+    let p = proxy()
+        .user_secret(&user, PASSWORD)
+        .pool("size = 1")
+        .pool("pipeline_depth = 4")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Arc::new(p.connect(&user).await.unwrap()));
+    }
+    let holder = {
+        let c = clients[0].clone();
+        tokio::spawn(async move { c.simple_query("select pg_sleep(0.3)").await.map(|_| 0) })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut queued = Vec::new();
+    for (i, c) in clients.iter().enumerate().skip(1) {
+        let c = c.clone();
+        queued.push(tokio::spawn(async move {
+            let sql = "select $1::int * 5";
+            let params: [(&(dyn tokio_postgres::types::ToSql + Sync), _); 1] =
+                [(&(i as i32), tokio_postgres::types::Type::INT4)];
+            let rows = if i < 3 {
+                c.query_typed(sql, &params).await?
+            } else {
+                // A named statement: prepared first, then bound by name.
+                c.query(sql, &[&(i as i32)]).await?
+            };
+            Ok::<i32, tokio_postgres::Error>(rows[0].get(0))
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.await.unwrap().expect("holder");
+    for (i, q) in queued.into_iter().enumerate() {
+        assert_eq!(q.await.unwrap().expect("query"), 5 * (i as i32 + 1));
+    }
+    assert_eq!(
+        rides(&p, &user),
+        1,
+        "the second unnamed request rode; the named one did not"
+    );
 }

@@ -228,7 +228,7 @@ pub fn session_state(sql: &str, extra: &[String]) -> Option<String> {
     })
 }
 
-/// May this Query run with other clients' queries queued behind it on the same backend
+/// May this statement run with other clients' queries queued behind it on the same backend
 /// (`pool.pipeline_depth`)? Only if it is one statement that can leave neither a transaction
 /// open nor anything changed for the query after it: a SELECT (not SELECT INTO), VALUES,
 /// TABLE, INSERT, UPDATE or DELETE that calls no set_config and that `classify` finds

@@ -1,5 +1,5 @@
 //! The client side of pipelining waiting queries (`pool.pipeline_depth`; the pool's side is in
-//! `pool/ride.rs`): which requests may ride, the driver that sends its own Query and its
+//! `pool/ride.rs`): which requests may ride, the driver that sends its own request and its
 //! riders' in one write and deals out the replies, and the rider that waits for its share.
 //!
 //! A rider's query runs after the ones ahead of it in the write, so it waits for them as it
@@ -19,6 +19,7 @@ use crate::cancel::send_cancel;
 use crate::params::{self, Params};
 use crate::pool::{Event, Reply, Ride, RideRequest, Rider};
 use crate::protocol::error::{code, PgError};
+use crate::protocol::extended::{parse_bind, parse_parse, parse_target};
 use crate::protocol::frame::{body, cstr, header, FrameWalker, Step};
 use crate::protocol::messages::{ftag, parse_parameter_status, tag};
 use crate::server::Backend;
@@ -33,17 +34,13 @@ enum Share {
 }
 
 impl Session {
-    /// What this client offers if it has to wait: a ride, when its whole request is one
-    /// Query that may share a backend (`classify::rideable`) and nothing else is buffered.
+    /// What this client offers if it has to wait: a ride, when everything it has sent is one
+    /// request whose statement may share a backend (`classify::rideable`).
     pub(super) fn ride_request(&self) -> Option<RideRequest> {
         if self.state.pinned.is_some() || self.state.discarding {
             return None;
         }
-        let (t, len) = header(&self.input)?;
-        if t != ftag::QUERY || len != self.input.len() {
-            return None;
-        }
-        let (sql, _) = cstr(body(&self.input))?;
+        let sql = one_request(&self.input)?;
         if !classify::rideable(sql, &self.extra_params) {
             return None;
         }
@@ -55,7 +52,7 @@ impl Session {
         })
     }
 
-    /// Send this client's Query and the riders' in one write, then deal out the replies in
+    /// Send this client's request and the riders' in one write, then deal out the replies in
     /// order: ours to our client, each rider's down its channel. The backend goes back to
     /// the pool once every share is delivered. False when this client's session is over.
     pub(super) async fn drive(
@@ -65,7 +62,8 @@ impl Session {
         began: Instant,
     ) -> bool {
         let query_timeout = self.shared.config.load().pool.query_timeout;
-        let (_, len) = header(&self.input).expect("a whole Query, checked by ride_request");
+        // The request, checked by ride_request, is all the input.
+        let len = self.input.len();
         let size = len + riders.iter().map(|r| r.request.query.len()).sum::<usize>();
         let mut batch = BytesMut::with_capacity(size);
         batch.extend_from_slice(&self.input[..len]);
@@ -177,6 +175,7 @@ impl Session {
             self.shared
                 .health
                 .served(now.saturating_duration_since(began));
+            server.statements.new_batch(); // after the extended requests' Syncs
             self.shared.pools.checkin(server, now);
             return own_open;
         }
@@ -226,8 +225,8 @@ impl Session {
     /// Wait for this client's share of the replies to a query that rode on another client's
     /// backend, and pass it on. False when the session is over.
     pub(super) async fn ride(&mut self, mut ride: Ride, began: Instant) -> bool {
-        let (_, len) = header(&self.input).expect("a whole Query, checked by ride_request");
-        self.input.advance(len);
+        // The request, checked by ride_request, is all the input; the driver sent it.
+        self.input.clear();
         self.tally.requests(1);
         let seated = Instant::now();
         while let Some(reply) = ride.recv().await {
@@ -270,6 +269,159 @@ impl Session {
             if params::is_tracked(name, &self.extra_params) {
                 Params::set_shared(&mut self.params, name, value);
             }
+        }
+    }
+}
+
+/// The statement of `input` if it is exactly one request that ends the way a ride must: a
+/// Query, or an extended-protocol Parse, Bind, optional Describe, Execute and Sync on the
+/// unnamed statement and portal (what libpq and tokio-postgres's `query_typed` send for a
+/// query with parameters). Named
+/// statements and portals, several requests and anything partial do not ride.
+fn one_request(input: &[u8]) -> Option<&str> {
+    let mut frames = Frames { rest: input };
+    let (t, first) = frames.next()?;
+    let sql = match t {
+        ftag::QUERY => cstr(first)?.0,
+        ftag::PARSE => {
+            let parse = parse_parse(first)?;
+            let unnamed = |b: &[u8]| cstr(b).is_some_and(|(name, _)| name.is_empty());
+            let ok = parse.name.is_empty()
+                && frames.take(ftag::BIND, |b| {
+                    parse_bind(b)
+                        .is_some_and(|(portal, stmt, _)| portal.is_empty() && stmt.is_empty())
+                })
+                && (frames.peek() != Some(ftag::DESCRIBE)
+                    || frames.take(ftag::DESCRIBE, |b| {
+                        parse_target(b).is_some_and(|(_, name)| name.is_empty())
+                    }))
+                && frames.take(ftag::EXECUTE, unnamed)
+                && frames.take(ftag::SYNC, |_| true);
+            if !ok {
+                return None;
+            }
+            parse.query
+        }
+        _ => return None,
+    };
+    frames.rest.is_empty().then_some(sql)
+}
+
+/// Whole frames from the front of a buffer.
+struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Frames<'a> {
+    /// The next frame's tag and body.
+    fn next(&mut self) -> Option<(u8, &'a [u8])> {
+        let (t, len) = header(self.rest)?;
+        if len < 5 || len > self.rest.len() {
+            return None;
+        }
+        let (frame, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Some((t, body(frame)))
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.rest.first().copied()
+    }
+
+    /// Take the next frame if it has tag `t` and a body `ok` accepts.
+    fn take(&mut self, t: u8, ok: impl Fn(&[u8]) -> bool) -> bool {
+        let before = self.rest;
+        match self.next() {
+            Some((tag, b)) if tag == t && ok(b) => true,
+            _ => {
+                self.rest = before;
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::extended::{build_bind, build_parse, build_target};
+    use crate::protocol::messages;
+
+    fn frame(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![t];
+        f.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// Parse, Bind, Describe (portal), Execute and Sync, as libpq sends a query with
+    /// parameters; `named` names the statement and portal.
+    fn extended(sql: &str, named: &str, describe: Option<u8>) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        build_parse(&mut out, named, sql, &[0, 0]);
+        build_bind(&mut out, named, named, &[0, 0, 0, 0, 0, 0]);
+        if let Some(kind) = describe {
+            build_target(&mut out, ftag::DESCRIBE, kind, named);
+        }
+        let mut v = out.to_vec();
+        v.extend(frame(
+            ftag::EXECUTE,
+            &[named.as_bytes(), &[0, 0, 0, 0, 0]].concat(),
+        ));
+        v.extend(frame(ftag::SYNC, &[]));
+        v
+    }
+
+    #[test]
+    fn one_request_is_a_whole_query_or_an_unnamed_extended_batch_and_nothing_more() {
+        let mut q = BytesMut::new();
+        messages::query(&mut q, "select 1");
+        assert_eq!(one_request(&q), Some("select 1"));
+        assert_eq!(
+            one_request(&extended("select 2", "", Some(b'P'))),
+            Some("select 2")
+        );
+        assert_eq!(
+            one_request(&extended("select 3", "", None)),
+            Some("select 3")
+        );
+        let statement_described = extended("select 4", "", Some(b'S'));
+        assert_eq!(one_request(&statement_described), Some("select 4"));
+
+        let two_queries = [&q[..], &q[..]].concat();
+        let partial = &q[..q.len() - 1];
+        let named = extended("select 4", "s1", Some(b'P'));
+        let another_described = {
+            let mut out = BytesMut::new();
+            build_parse(&mut out, "", "select 5", &[0, 0]);
+            build_bind(&mut out, "", "", &[0, 0, 0, 0, 0, 0]);
+            build_target(&mut out, ftag::DESCRIBE, b'S', "s1");
+            let mut v = out.to_vec();
+            v.extend(frame(ftag::EXECUTE, &[0, 0, 0, 0, 0]));
+            v.extend(frame(ftag::SYNC, &[]));
+            v
+        };
+        let unsynced = {
+            let e = extended("select 6", "", Some(b'P'));
+            e[..e.len() - 5].to_vec()
+        };
+        let then_query = [&extended("select 7", "", None)[..], &q[..]].concat();
+        let bind_only = {
+            let mut out = BytesMut::new();
+            build_bind(&mut out, "", "", &[0, 0, 0, 0, 0, 0]);
+            out.to_vec()
+        };
+        for (what, input) in [
+            ("two queries", &two_queries[..]),
+            ("a partial query", partial),
+            ("named statement and portal", &named[..]),
+            ("a named statement described", &another_described[..]),
+            ("no Sync", &unsynced[..]),
+            ("a batch then a query", &then_query[..]),
+            ("a Bind without its Parse", &bind_only[..]),
+            ("nothing", &[][..]),
+        ] {
+            assert_eq!(one_request(input), None, "{what}");
         }
     }
 }

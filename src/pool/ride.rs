@@ -1,10 +1,11 @@
 //! Pipelining waiting queries (`pool.pipeline_depth`). When a backend comes free for the
 //! client at the head of the queue and the clients queued right behind it each wait with one
-//! single-statement autocommit Query, up to `pipeline_depth - 1` of them ride along: the
-//! client given the backend (the driver) sends its own Query and theirs in one write, and
-//! PostgreSQL, which runs simple-protocol Queries one after another and ends each with its
-//! own ReadyForQuery, answers them in order. The driver hands each rider its replies through
-//! a channel. One write and one wake-up of the backend serve several transactions.
+//! single-statement autocommit request (a Query, or an unnamed Parse-Bind-Execute-Sync), up
+//! to `pipeline_depth - 1` of them ride along: the client given the backend (the driver)
+//! sends its own request and theirs in one write, and PostgreSQL, which runs them one after
+//! another and ends each with its own ReadyForQuery, answers them in order. The driver hands
+//! each rider its replies through a channel. One write and one wake-up of the backend serve
+//! several transactions.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ const REPLY_BACKLOG: usize = 4;
 
 /// What a waiting client offers to ride on another's backend.
 pub struct RideRequest {
-    /// Its one Query message, whole.
+    /// Its request, whole: one Query, or Parse to Sync (see `client/pipeline.rs`).
     pub query: Bytes,
     /// The version of the client's parameters: it rides only with a driver whose backend
     /// already has the same.
