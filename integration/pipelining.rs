@@ -28,6 +28,41 @@ fn rides(p: &TestProxy, user: &str) -> u64 {
         .sum()
 }
 
+/// `n` clients logged in through `p`, to be shared with tasks.
+async fn logged_in(p: &TestProxy, user: &str, n: usize) -> Vec<Arc<tokio_postgres::Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(Arc::new(p.connect(user).await.unwrap()));
+    }
+    clients
+}
+
+type Reply = tokio::task::JoinHandle<Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>>;
+
+/// Run a simple query on its own task.
+fn run(c: &Arc<tokio_postgres::Client>, sql: &'static str) -> Reply {
+    let c = c.clone();
+    tokio::spawn(async move { c.simple_query(sql).await })
+}
+
+/// Send `sqls[i]` from `clients[i]`, in order and a little apart: the first takes the pool's
+/// one backend and holds it while the others queue behind it in that order.
+async fn in_queue_order<const N: usize>(
+    clients: &[Arc<tokio_postgres::Client>],
+    sqls: [&'static str; N],
+) -> [Reply; N] {
+    let mut replies = Vec::new();
+    for (i, sql) in sqls.into_iter().enumerate() {
+        replies.push(run(&clients[i], sql));
+        let gap = if i == 0 { 50 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+    }
+    replies
+        .try_into()
+        .map_err(|_| ())
+        .expect("one reply per query")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_queries_ride_and_each_client_gets_only_its_own_replies() {
     let user = role("u_pipeline");
@@ -142,24 +177,15 @@ async fn a_cancel_reaches_the_riding_query_it_was_meant_for() {
         .pool("query_timeout = \"400ms\"")
         .start()
         .await;
-    let mut clients = Vec::new();
-    for _ in 0..5 {
-        clients.push(Arc::new(p.connect(&user).await.unwrap()));
-    }
-    let run = |c: &Arc<tokio_postgres::Client>, sql: &'static str| {
-        let c = c.clone();
-        tokio::spawn(async move { c.simple_query(sql).await })
-    };
-    // The holder keeps the one backend while the others queue up behind it, in order.
-    let holder = run(&clients[0], "select pg_sleep(0.3)");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let driver = run(&clients[1], "select 'driver'");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let timed_out = run(&clients[2], "select pg_sleep(5)");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let cancelled = run(&clients[3], "select pg_sleep(5)");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let last = run(&clients[4], "select 'last'");
+    let clients = logged_in(&p, &user, 5).await;
+    let sqls = [
+        "select pg_sleep(0.3)",
+        "select 'driver'",
+        "select pg_sleep(5)",
+        "select pg_sleep(5)",
+        "select 'last'",
+    ];
+    let [holder, driver, timed_out, cancelled, last] = in_queue_order(&clients, sqls).await;
 
     holder.await.unwrap().expect("holder");
     let reply = driver.await.unwrap().expect("driver");
@@ -209,19 +235,13 @@ async fn riders_of_a_lost_backend_are_told_and_the_pool_recovers() {
         .pool("pipeline_depth = 4")
         .start()
         .await;
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        clients.push(Arc::new(p.connect(&user).await.unwrap()));
-    }
-    let run = |c: &Arc<tokio_postgres::Client>, sql: &'static str| {
-        let c = c.clone();
-        tokio::spawn(async move { c.simple_query(sql).await })
-    };
-    let holder = run(&clients[0], "select pg_sleep(0.2)");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let driver = run(&clients[1], "select pg_terminate_backend(pg_backend_pid())");
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let rider = run(&clients[2], "select 'never'");
+    let clients = logged_in(&p, &user, 3).await;
+    let sqls = [
+        "select pg_sleep(0.2)",
+        "select pg_terminate_backend(pg_backend_pid())",
+        "select 'never'",
+    ];
+    let [holder, driver, rider] = in_queue_order(&clients, sqls).await;
     holder.await.unwrap().expect("holder");
     let err = driver.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err}");
@@ -248,14 +268,8 @@ async fn unnamed_extended_requests_ride_and_named_ones_do_not() {
         .pool("pipeline_depth = 4")
         .start()
         .await;
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(Arc::new(p.connect(&user).await.unwrap()));
-    }
-    let holder = {
-        let c = clients[0].clone();
-        tokio::spawn(async move { c.simple_query("select pg_sleep(0.3)").await.map(|_| 0) })
-    };
+    let clients = logged_in(&p, &user, 4).await;
+    let holder = run(&clients[0], "select pg_sleep(0.3)");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut queued = Vec::new();
     for (i, c) in clients.iter().enumerate().skip(1) {
