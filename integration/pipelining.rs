@@ -298,3 +298,35 @@ async fn unnamed_extended_requests_ride_and_named_ones_do_not() {
         "the second unnamed request rode; the named one did not"
     );
 }
+
+/// `pool.pipeline_depth` is reloadable: queued clients start riding once it is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_pipeline_depth_by_reload_lets_queued_queries_ride() {
+    let user = role("u_pipeline_reload");
+    let base = || proxy().user_secret(&user, PASSWORD).pool("size = 1");
+    let p = base().start().await;
+    let clients = logged_in(&p, &user, 3).await;
+    let sqls = ["select pg_sleep(0.2)", "select 1", "select 2"];
+    for reply in in_queue_order(&clients, sqls).await {
+        reply.await.unwrap().expect("query");
+    }
+    assert_eq!(rides(&p, &user), 0, "off by default");
+    let outcome = p.reload_with(&base().pool("pipeline_depth = 4"), false);
+    assert!(
+        outcome
+            .as_ref()
+            .is_ok_and(|o| o.contains("pool.pipeline_depth: 1 -> 4")),
+        "{outcome:?}"
+    );
+    let [holder, first, second] = in_queue_order(&clients, sqls).await;
+    holder.await.unwrap().expect("holder");
+    assert_eq!(
+        first_value(&first.await.unwrap().unwrap()).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        first_value(&second.await.unwrap().unwrap()).as_deref(),
+        Some("2")
+    );
+    assert_eq!(rides(&p, &user), 1);
+}
