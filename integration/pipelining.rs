@@ -330,3 +330,45 @@ async fn raising_pipeline_depth_by_reload_lets_queued_queries_ride() {
     );
     assert_eq!(rides(&p, &user), 1);
 }
+
+/// A rider's long result streams through in pieces, and the rider behind it still gets its
+/// own reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_riders_long_result_streams_through_whole() {
+    let user = role("u_pipeline_long");
+    let p = proxy()
+        .user_secret(&user, PASSWORD)
+        .pool("size = 1")
+        .pool("pipeline_depth = 4")
+        .start()
+        .await;
+    let clients = logged_in(&p, &user, 4).await;
+    let sqls = [
+        "select pg_sleep(0.2)",
+        "select 'driver'",
+        "select i, repeat('x', 1000) from generate_series(1, 3000) i",
+        "select 'after'",
+    ];
+    let [holder, driver, long, after] = in_queue_order(&clients, sqls).await;
+    holder.await.unwrap().expect("holder");
+    let reply = driver.await.unwrap().expect("driver");
+    assert_eq!(first_value(&reply).as_deref(), Some("driver"));
+    let rows: Vec<(String, usize)> = long
+        .await
+        .unwrap()
+        .expect("long result")
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((r.get(0)?.to_string(), r.get(1)?.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 3000);
+    assert!(rows
+        .iter()
+        .enumerate()
+        .all(|(i, (n, len))| *n == (i + 1).to_string() && *len == 1000));
+    let reply = after.await.unwrap().expect("after");
+    assert_eq!(first_value(&reply).as_deref(), Some("after"));
+    assert_eq!(rides(&p, &user), 2);
+}

@@ -17,7 +17,7 @@ use super::pump::READ_SIZE;
 use super::session::{target, Session};
 use crate::cancel::send_cancel;
 use crate::params::{self, Params};
-use crate::pool::{Event, Reply, Ride, RideRequest, Rider};
+use crate::pool::{Event, Ride, RideRequest, Rider};
 use crate::protocol::error::{code, PgError};
 use crate::protocol::extended::{parse_bind, parse_parse, parse_target};
 use crate::protocol::frame::{body, cstr, header, FrameWalker, Step};
@@ -58,7 +58,7 @@ impl Session {
     pub(super) async fn drive(
         &mut self,
         mut server: Backend,
-        riders: Vec<Rider>,
+        mut riders: Vec<Rider>,
         began: Instant,
     ) -> bool {
         let query_timeout = self.shared.config.load().pool.query_timeout;
@@ -131,8 +131,15 @@ impl Session {
                             let piece = server.rbuf.split_to(n);
                             n = 0;
                             let params = std::mem::take(&mut params);
-                            self.hand(share, &riders, piece, Some(status), params, &mut own_open)
-                                .await;
+                            self.hand(
+                                share,
+                                &mut riders,
+                                piece,
+                                Some(status),
+                                params,
+                                &mut own_open,
+                            )
+                            .await;
                             match share {
                                 Share::Own => {
                                     own_done = true;
@@ -157,7 +164,7 @@ impl Session {
                 if n > 0 {
                     let piece = server.rbuf.split_to(n);
                     let params = std::mem::take(&mut params);
-                    self.hand(share, &riders, piece, None, params, &mut own_open)
+                    self.hand(share, &mut riders, piece, None, params, &mut own_open)
                         .await;
                 }
             }
@@ -196,7 +203,7 @@ impl Session {
     async fn hand(
         &mut self,
         share: Share,
-        riders: &[Rider],
+        riders: &mut [Rider],
         piece: BytesMut,
         ready: Option<u8>,
         params: Vec<(String, String)>,
@@ -213,13 +220,7 @@ impl Session {
             }
             return;
         };
-        let reply = Reply {
-            bytes: piece,
-            ready,
-            params,
-        };
-        // A rider that left drops its channel; its replies go nowhere.
-        let _ = riders[i].replies.send(reply).await;
+        riders[i].send(piece, ready, params).await;
     }
 
     /// Wait for this client's share of the replies to a query that rode on another client's
@@ -229,7 +230,7 @@ impl Session {
         self.input.clear();
         self.tally.requests(1);
         let seated = Instant::now();
-        while let Some(reply) = ride.recv().await {
+        while let Some(reply) = ride.next().await {
             self.follow(&reply.params);
             if self.client.write_all(&reply.bytes).await.is_err() {
                 self.cancel.unbind();

@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::clients::ClientEntry;
 use crate::cancel::CancelSlot;
 
-/// Replies a rider may have in its channel before the driver waits for it to catch up.
+/// Pieces of a long result a rider may have waiting before the driver waits for it.
 const REPLY_BACKLOG: usize = 4;
 
 /// What a waiting client offers to ride on another's backend.
@@ -37,15 +37,21 @@ pub struct RideRequest {
 /// of its own.
 pub type Offer<'a> = Option<&'a (dyn Fn() -> Option<RideRequest> + Sync)>;
 
-/// A rider as the driver sees it: its request and where its replies go.
+/// A rider as the driver sees it: its request and where its replies go. The first piece of
+/// the replies (for a short result, all of them) goes by a oneshot; a longer result opens a
+/// bounded channel for the rest, which holds the driver back while the rider's client is
+/// slow to take them.
 pub struct Rider {
     pub request: RideRequest,
-    pub replies: mpsc::Sender<Reply>,
+    first: Option<oneshot::Sender<Reply>>,
+    rest: Option<mpsc::Sender<Reply>>,
 }
 
-/// What the rider receives: its replies in order. The channel closes without a final reply
-/// if the backend is lost first.
-pub type Ride = mpsc::Receiver<Reply>;
+/// What the rider receives: its replies in order, through `next`.
+pub struct Ride {
+    first: Option<oneshot::Receiver<Reply>>,
+    rest: Option<mpsc::Receiver<Reply>>,
+}
 
 /// A piece of a rider's replies, cut at message boundaries.
 pub struct Reply {
@@ -55,11 +61,60 @@ pub struct Reply {
     /// ParameterStatus messages in this piece (name, value): the rider follows them as a
     /// bound client does.
     pub params: Vec<(String, String)>,
+    /// With a first piece that is not the last: where the rest comes.
+    more: Option<mpsc::Receiver<Reply>>,
 }
 
 impl Rider {
     pub(super) fn new(request: RideRequest) -> (Rider, Ride) {
-        let (replies, ride) = mpsc::channel(REPLY_BACKLOG);
-        (Rider { request, replies }, ride)
+        let (tx, rx) = oneshot::channel();
+        let rider = Rider {
+            request,
+            first: Some(tx),
+            rest: None,
+        };
+        let ride = Ride {
+            first: Some(rx),
+            rest: None,
+        };
+        (rider, ride)
+    }
+
+    /// Hand the rider the next piece of its replies (`ready` on the last). Waits while the
+    /// rider is `REPLY_BACKLOG` pieces behind; a rider that has left is skipped.
+    pub async fn send(
+        &mut self,
+        bytes: BytesMut,
+        ready: Option<u8>,
+        params: Vec<(String, String)>,
+    ) {
+        let mut reply = Reply {
+            bytes,
+            ready,
+            params,
+            more: None,
+        };
+        if let Some(first) = self.first.take() {
+            if ready.is_none() {
+                let (tx, rx) = mpsc::channel(REPLY_BACKLOG);
+                reply.more = Some(rx);
+                self.rest = Some(tx);
+            }
+            let _ = first.send(reply);
+        } else if let Some(rest) = &self.rest {
+            let _ = rest.send(reply).await;
+        }
+    }
+}
+
+impl Ride {
+    /// The next piece of the replies; None when the driver lost the backend before the last.
+    pub async fn next(&mut self) -> Option<Reply> {
+        if let Some(first) = self.first.take() {
+            let mut reply = first.await.ok()?;
+            self.rest = reply.more.take();
+            return Some(reply);
+        }
+        self.rest.as_mut()?.recv().await
     }
 }

@@ -510,13 +510,19 @@ impl State {
         {
             return Vec::new();
         }
+        let most = p.settings.pipeline_depth - 1;
         let mut seats = Vec::new();
-        while server.riders.len() + 1 < p.settings.pipeline_depth {
+        while server.riders.len() < most {
             let boards = p.waiters.front().is_some_and(|w| {
                 !w.tx.is_closed() && w.ride.as_ref().is_some_and(|r| r.params == own.params)
             });
             if !boards {
                 break;
+            }
+            if seats.is_empty() {
+                // One allocation each for the whole batch.
+                seats.reserve_exact(most);
+                server.riders.reserve_exact(most);
             }
             let w = p.waiters.pop_front().expect("front exists");
             let (rider, ride) = Rider::new(w.ride.expect("checked"));
