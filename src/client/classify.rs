@@ -231,9 +231,16 @@ pub fn session_state(sql: &str, extra: &[String]) -> Option<String> {
 /// May this statement run with other clients' queries queued behind it on the same backend
 /// (`pool.pipeline_depth`)? Only if it is one statement that can leave neither a transaction
 /// open nor anything changed for the query after it: a SELECT (not SELECT INTO), VALUES,
-/// TABLE, INSERT, UPDATE or DELETE that calls no set_config and that `classify` finds
-/// harmless. Anything else waits for a backend of its own.
+/// TABLE, INSERT, UPDATE or DELETE that calls no set_config, touches no pg_settings and that
+/// `classify` finds harmless. Text this scanner could misread is refused outright: nested
+/// comments, backslashes (E'' strings, standard_conforming_strings off) and U& escapes.
+/// Anything else waits for a backend of its own.
 pub fn rideable(sql: &str, extra: &[String]) -> bool {
+    let b = sql.as_bytes();
+    let unicode_escape = b.windows(2).any(|w| w[0] | 0x20 == b'u' && w[1] == b'&');
+    if b.contains(&b'\\') || unicode_escape || nests_comments(sql) {
+        return false;
+    }
     let Some(first) = Words::new(sql).next() else {
         return false;
     };
@@ -246,7 +253,24 @@ pub fn rideable(sql: &str, extra: &[String]) -> bool {
         || is("DELETE");
     kind && single_statement(sql)
         && !contains_ci(sql, "set_config")
+        && !contains_ci(sql, "pg_settings")
         && classify(sql, extra) == Effect::None
+}
+
+/// Does a block comment open inside another? PostgreSQL nests them; this scanner does not.
+/// (Looked at without regard to quotes: a false alarm only keeps a query from riding.)
+fn nests_comments(sql: &str) -> bool {
+    let mut rest = sql;
+    while let Some(open) = rest.find("/*") {
+        rest = &rest[open + 2..];
+        match (rest.find("/*"), rest.find("*/")) {
+            (Some(inner), Some(close)) if inner < close => return true,
+            (Some(_), None) => return true,
+            (_, Some(close)) => rest = &rest[close + 2..],
+            (None, None) => return false,
+        }
+    }
+    false
 }
 
 /// Is this Query text a single statement (at most one trailing semicolon)?
@@ -337,6 +361,7 @@ mod tests {
             "UPDATE t SET a = 1",
             "delete from t where a = ';'",
             "SELECT 'BEGIN; COMMIT'",
+            "/* app=web */ SELECT 1 /* route=/x */",
         ] {
             assert!(ride(yes), "{yes}");
         }
@@ -358,6 +383,15 @@ mod tests {
             "EXPLAIN ANALYZE SELECT 1",
             "PREPARE p AS SELECT 1",
             "COMMIT",
+            // Text the scanner could misread: PostgreSQL nests comments, and backslashes and
+            // U& escapes can hide a quote or a name.
+            "/* /* */ SELECT */ BEGIN",
+            "/* a /* b */ SELECT 1",
+            "SELECT E'\\'';BEGIN;SELECT ''",
+            "select 'a\\' ; begin",
+            "SELECT U&\"set\\005fconfig\"('a', 'b', false)",
+            "SELECT u&\"set!005fconfig\" UESCAPE '!' ('a', 'b', false)",
+            "UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'",
         ] {
             assert!(!ride(no), "{no}");
         }

@@ -24,6 +24,12 @@ use crate::protocol::frame::{body, cstr, header, FrameWalker, Step};
 use crate::protocol::messages::{ftag, parse_parameter_status, tag};
 use crate::server::Backend;
 
+/// Largest request that rides: its bytes are copied under the pool lock.
+const MAX_RIDE_REQUEST: usize = 8 * 1024;
+
+/// CopyBothResponse: the server waits for COPY data (as after CopyInResponse).
+const COPY_BOTH_RESPONSE: u8 = b'W';
+
 /// Where the replies coming in now belong.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Share {
@@ -38,6 +44,9 @@ impl Session {
     /// request whose statement may share a backend (`classify::rideable`).
     pub(super) fn ride_request(&self) -> Option<RideRequest> {
         if self.state.pinned.is_some() || self.state.discarding {
+            return None;
+        }
+        if self.input.len() > MAX_RIDE_REQUEST {
             return None;
         }
         let sql = one_request(&self.input)?;
@@ -112,7 +121,15 @@ impl Session {
                 }
                 let mut n = 0;
                 loop {
-                    let inspect = |t| t == tag::READY_FOR_QUERY || t == tag::PARAMETER_STATUS;
+                    let inspect = |t| {
+                        matches!(
+                            t,
+                            tag::READY_FOR_QUERY
+                                | tag::PARAMETER_STATUS
+                                | tag::COPY_IN_RESPONSE
+                                | COPY_BOTH_RESPONSE
+                        )
+                    };
                     match walker.step(&server.rbuf[n..], inspect) {
                         Step::NeedMore => break,
                         Step::Start { len, .. } | Step::Continue { len } => n += len,
@@ -128,6 +145,27 @@ impl Session {
                                 continue;
                             }
                             status = frame.get(5).copied().unwrap_or(b'E');
+                            if tag != tag::READY_FOR_QUERY || status != b'I' {
+                                // A request that rides must end outside any transaction and
+                                // never wait for COPY data: `rideable` is meant to let
+                                // through nothing else. Had one slipped through, what follows
+                                // on this backend (the next riders' requests, already sent)
+                                // would run in its transaction or be swallowed by the COPY:
+                                // close the backend, which rolls all of it back, and tell
+                                // this client and those behind it that the connection was
+                                // lost, before any of them sees a reply it could trust.
+                                tracing::warn!(
+                                    server = server.id,
+                                    "a pipelined request left its backend busy; closing it"
+                                );
+                                break 'deliver false;
+                            }
+                            // Unbound before the last piece is handed over: once it is, the
+                            // client may bind its next backend.
+                            match share {
+                                Share::Own => self.cancel.unbind(),
+                                Share::Rider(i) => riders[i].request.cancel.unbind(),
+                            }
                             let piece = server.rbuf.split_to(n);
                             n = 0;
                             let params = std::mem::take(&mut params);
@@ -140,13 +178,7 @@ impl Session {
                                 &mut own_open,
                             )
                             .await;
-                            match share {
-                                Share::Own => {
-                                    own_done = true;
-                                    self.cancel.unbind();
-                                }
-                                Share::Rider(i) => riders[i].request.cancel.unbind(),
-                            }
+                            own_done |= share == Share::Own;
                             let next = match share {
                                 Share::Own => 0,
                                 Share::Rider(i) => i + 1,
@@ -234,6 +266,7 @@ impl Session {
             self.follow(&reply.params);
             if self.client.write_all(&reply.bytes).await.is_err() {
                 self.cancel.unbind();
+                self.tally.flush(false, None);
                 return false;
             }
             self.tally.sent(reply.bytes.len());

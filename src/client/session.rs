@@ -301,6 +301,9 @@ impl Session {
         if let Err(e) = sync_params(&mut server, &mut self.params).await {
             return Err(match e {
                 ServerError::Rejected(mut err) => {
+                    // (Riders go only on a backend already set to this client's parameters,
+                    // so there are none here; if there were, they are told it was lost.)
+                    server.riders.clear();
                     self.shared.pools.checkin(server, Instant::now());
                     err.severity = crate::protocol::error::Severity::Error;
                     err

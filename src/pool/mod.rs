@@ -300,6 +300,10 @@ impl PoolSet {
     /// that it is idle, outside any transaction.
     pub fn checkin(&self, mut server: Backend, now: Instant) {
         server.last_used = now;
+        // Riders belong to one hand-out; they must never travel with the backend to its next
+        // user (whose input nobody checked). Dropped, they are told the backend was lost.
+        debug_assert!(server.riders.is_empty(), "riders checked in");
+        server.riders.clear();
         let doomed = {
             let mut st = self.lock();
             let doomed = st.checkin(server, now);

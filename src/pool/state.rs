@@ -503,9 +503,13 @@ impl State {
         let Some(own) = driver.ride.as_ref() else {
             return Vec::new();
         };
+        // The backend is checked here as the driver will check it (a closed one, or one
+        // whose parameters just changed, takes no riders): riders are not to be lost with a
+        // backend that was gone before anything was sent for them.
         if p.settings.pipeline_depth < 2
             || lifo
             || driver.tx.is_closed()
+            || !server.check_idle()
             || server.synced != Some((own.params, server.params.version()))
         {
             return Vec::new();
