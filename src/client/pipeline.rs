@@ -153,7 +153,8 @@ impl Session {
                                 // would run in its transaction or be swallowed by the COPY:
                                 // close the backend, which rolls all of it back, and tell
                                 // this client and those behind it that the connection was
-                                // lost, before any of them sees a reply it could trust.
+                                // lost; none of them gets its ReadyForQuery (this one may
+                                // have had rows already).
                                 tracing::warn!(
                                     server = server.id,
                                     "a pipelined request left its backend busy; closing it"
