@@ -13,11 +13,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::classify;
-use super::pump::READ_SIZE;
-use super::session::{target, Session};
-use crate::cancel::send_cancel;
+use super::pump;
+use super::session::{count_query_timeout, target, Session};
 use crate::params::{self, Params};
-use crate::pool::{Event, Ride, RideRequest, Rider};
+use crate::pool::{Ride, RideRequest, Rider};
 use crate::protocol::error::{code, PgError};
 use crate::protocol::extended::{parse_bind, parse_parse, parse_target};
 use crate::protocol::frame::{body, cstr, header, FrameWalker, Step};
@@ -96,9 +95,7 @@ impl Session {
             let mut running_since = Instant::now();
             let mut cancelled = false;
             loop {
-                if server.rbuf.capacity() - server.rbuf.len() < READ_SIZE / 4 {
-                    server.rbuf.reserve(READ_SIZE);
-                }
+                pump::reserve(&mut server.rbuf);
                 let read = server.stream.read_buf(&mut server.rbuf);
                 let read = if query_timeout.is_zero() || cancelled {
                     read.await
@@ -108,10 +105,8 @@ impl Session {
                         Ok(read) => read,
                         Err(_) => {
                             cancelled = true;
-                            self.shared.pools.count(self.pool, Event::QueryTimeout);
-                            self.shared.health.failed();
-                            tracing::info!(server = ?cancel_target.key.pid, "pool.query_timeout: cancelling the statement");
-                            tokio::spawn(send_cancel(cancel_target));
+                            count_query_timeout(&self.shared, self.pool);
+                            pump::cancel_timed_out(cancel_target);
                             continue;
                         }
                     }

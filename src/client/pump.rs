@@ -196,8 +196,7 @@ pub async fn forward(
                     _ => {
                         clock.cancelled = true;
                         on_query_timeout();
-                        tracing::info!(server = ?cancel_target.key.pid, "pool.query_timeout: cancelling the statement");
-                        tokio::spawn(send_cancel(cancel_target));
+                        cancel_timed_out(cancel_target);
                     }
                 },
             }
@@ -269,8 +268,15 @@ impl Clock {
     }
 }
 
+/// A statement ran past `pool.query_timeout`: cancel it on the server, without waiting.
+pub(super) fn cancel_timed_out(target: CancelTarget) {
+    tracing::info!(server = ?target.key.pid, "pool.query_timeout: cancelling the statement");
+    tokio::spawn(send_cancel(target));
+}
+
+/// Make room for the next read when little is left.
 #[inline]
-fn reserve(buf: &mut BytesMut) {
+pub(super) fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_SIZE / 4 {
         buf.reserve(READ_SIZE);
     }

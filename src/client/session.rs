@@ -167,10 +167,7 @@ impl Session {
             client_idle: config.pool.client_idle_timeout,
         };
         let (shared, pool) = (self.shared.clone(), self.pool);
-        let on_query_timeout = move || {
-            shared.pools.count(pool, Event::QueryTimeout);
-            shared.health.failed();
-        };
+        let on_query_timeout = move || count_query_timeout(&shared, pool);
         let client = ClientSide {
             timeouts,
             on_query_timeout: &on_query_timeout,
@@ -478,6 +475,13 @@ impl Session {
         err.encode(&mut out);
         let _ = self.client.write_all(&out).await;
     }
+}
+
+/// Count a statement cancelled for running past `pool.query_timeout` against its pool and
+/// sluice's health.
+pub(super) fn count_query_timeout(shared: &Shared, pool: PoolId) {
+    shared.pools.count(pool, Event::QueryTimeout);
+    shared.health.failed();
 }
 
 /// Read what the socket has without waiting; None when it has nothing after all. Unlike
