@@ -234,7 +234,7 @@ async fn every_show_has_pgbouncer_columns_and_live_values() {
     idle.simple_query("select 2").await.unwrap();
     let a = admin(&p).await;
     check_pools_and_stats(&a, &user).await;
-    check_clients_and_servers(&a, &user, &busy_pid).await;
+    check_clients_and_servers(&a, &user, &busy_pid, p.port()).await;
     check_databases_users_and_config(&a, &user).await;
     check_lists_and_limits(&a, &user).await;
     // The `sluice` name reaches the console too, and statements may be chained.
@@ -267,7 +267,7 @@ async fn check_pools_and_stats(a: &Client, user: &str) {
     }
 }
 
-async fn check_clients_and_servers(a: &Client, user: &str, busy_pid: &str) {
+async fn check_clients_and_servers(a: &Client, user: &str, busy_pid: &str, proxy_port: u16) {
     let clients = show(a, "SHOW CLIENTS").await;
     assert_eq!(clients.columns[..18], CONNECTION_COLUMNS);
     assert_eq!(clients.columns[18..], ["id", "pinned"]);
@@ -278,6 +278,10 @@ async fn check_clients_and_servers(a: &Client, user: &str, busy_pid: &str) {
     let active = clients.find("state", "active");
     assert_eq!(clients.get(active, "ptr"), clients.get(active, "id"));
     assert_eq!(clients.get(active, "addr"), Some("127.0.0.1"));
+    assert!(clients.int(active, "port") > 0);
+    // Both ends as accept gave them: sluice's own end is the listener's address.
+    assert_eq!(clients.get(active, "local_addr"), Some("127.0.0.1"));
+    assert_eq!(clients.int(active, "local_port"), i64::from(proxy_port));
     assert!(clients
         .get(active, "connect_time")
         .unwrap()

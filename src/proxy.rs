@@ -236,17 +236,24 @@ fn spawn_tidying(shared: &Arc<Shared>) {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    // Every connection to a listener bound to one address has that address as its own; only
+    // a wildcard listener needs to ask the kernel (getsockname) per connection.
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 let count = ClientCount(shared.clone());
-                tokio::spawn(client::serve(stream, shared.clone(), count));
+                let addrs = client::Addrs { peer, local };
+                tokio::spawn(client::serve(stream, addrs, shared.clone(), count));
             }
             Err(e) => {
                 // Out of descriptors or a transient accept error: back off instead of spinning.

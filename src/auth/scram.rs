@@ -223,7 +223,9 @@ impl ScramServer {
             return Err(malformed("unexpected client-final-message"));
         };
         let msg = utf8(msg)?;
-        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(malformed("missing proof"))?;
+        let (without_proof, proof) = msg
+            .rsplit_once(",p=")
+            .ok_or_else(|| malformed("missing proof"))?;
         let mut attrs = without_proof.split(',');
         let cbind = expect_attr(attrs.next(), 'c')?;
         if B64.decode(cbind).ok().as_deref() != Some(gs2_header.as_bytes()) {
@@ -232,7 +234,7 @@ impl ScramServer {
         if expect_attr(attrs.next(), 'r')? != nonce {
             return Err(ScramError::NonceMismatch);
         }
-        let proof = decode_key(proof).ok_or(malformed("invalid proof"))?;
+        let proof = decode_key(proof).ok_or_else(|| malformed("invalid proof"))?;
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         self.verify_proof(&proof, auth_message.as_bytes())?;
         let signature = hmac(&self.secret.server_key, auth_message.as_bytes());
@@ -253,7 +255,9 @@ impl ScramServer {
 
 /// Split "gs2-cbind-flag,[authzid],client-first-bare" into the gs2 header and the bare message.
 fn split_gs2_header(msg: &str) -> Result<(&'static str, &str), ScramError> {
-    let (flag, rest) = msg.split_once(',').ok_or(malformed("missing gs2 header"))?;
+    let (flag, rest) = msg
+        .split_once(',')
+        .ok_or_else(|| malformed("missing gs2 header"))?;
     let header = match flag {
         "n" => "n,,",
         "y" => "y,,",
@@ -262,7 +266,7 @@ fn split_gs2_header(msg: &str) -> Result<(&'static str, &str), ScramError> {
     };
     let (authzid, bare) = rest
         .split_once(',')
-        .ok_or(malformed("missing gs2 header"))?;
+        .ok_or_else(|| malformed("missing gs2 header"))?;
     if !authzid.is_empty() {
         return Err(malformed("authorization identity is not supported"));
     }
@@ -346,7 +350,7 @@ impl ScramClient {
             .decode(expect_attr(attrs.next(), 's')?)
             .ok()
             .filter(|s| !s.is_empty())
-            .ok_or(malformed("invalid salt"))?;
+            .ok_or_else(|| malformed("invalid salt"))?;
         let iterations = match expect_attr(attrs.next(), 'i')?.parse::<u32>() {
             Ok(i) if i > 0 => i,
             _ => return Err(malformed("invalid iteration count")),
@@ -392,7 +396,7 @@ impl ScramClient {
             return Err(ScramError::Malformed(format!("server error: {error}")));
         }
         let verifier = expect_attr(msg.split(',').next(), 'v')?;
-        let verifier = decode_key(verifier).ok_or(malformed("invalid server signature"))?;
+        let verifier = decode_key(verifier).ok_or_else(|| malformed("invalid server signature"))?;
         if constant_time_eq(&verifier, server_signature) {
             Ok(())
         } else {

@@ -44,19 +44,26 @@ use login::LoginError;
 use session::Session;
 use startup::{Opening, OpeningError};
 
+/// A connection's two ends, as accept gave them: the client's address, and sluice's own when
+/// the listener's address already says it (None: ask the socket).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub peer: std::net::SocketAddr,
+    pub local: Option<std::net::SocketAddr>,
+}
+
 /// Serve one accepted connection to the end; `guard` is dropped when it ends.
 // An async block, not an async fn: an async fn's state keeps a copy of its arguments, and
 // this future is most of every client's task.
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
     mut stream: TcpStream,
+    addrs: Addrs,
     shared: Arc<Shared>,
     guard: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let Ok(peer) = stream.peer_addr() else {
-            return;
-        };
+        let peer = addrs.peer;
         let registered = shared.cancels.register();
         let cancel = registered.slot.clone();
         // Boxed: the login's state is freed once it is done instead of sizing the whole task.
@@ -64,7 +71,7 @@ pub fn serve(
             return;
         };
         // The registration (if any) outlives the session, which the box owns.
-        let (_registration, run) = start(&shared, stream, peer, opened, cancel);
+        let (_registration, run) = start(&shared, stream, addrs, opened, cancel);
         run.await;
         drop(guard);
     }
@@ -77,13 +84,13 @@ type SessionRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 fn start(
     shared: &Arc<Shared>,
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    addrs: Addrs,
     opened: Opened,
     cancel: Arc<CancelSlot>,
 ) -> (Option<Registration<'_>>, SessionRun) {
     match opened {
         Opened::Pooled(startup, server) => {
-            let (registration, run) = start_session(shared, stream, peer, startup, server, cancel);
+            let (registration, run) = start_session(shared, stream, addrs, startup, server, cancel);
             (Some(registration), run)
         }
         Opened::Console(login, input) => {
@@ -101,7 +108,7 @@ fn start(
 fn start_session(
     shared: &Arc<Shared>,
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    addrs: Addrs,
     startup: Startup,
     server: Option<Backend>,
     cancel: Arc<CancelSlot>,
@@ -112,8 +119,8 @@ fn start_session(
         user: shared.params.name(&startup.user),
         database: shared.params.name(&startup.database),
         pool: Some(startup.pool),
-        peer,
-        local: stream.local_addr().ok(),
+        peer: addrs.peer,
+        local: addrs.local.or_else(|| stream.local_addr().ok()),
         application_name: shared
             .params
             .name(startup.params.get("application_name").unwrap_or("")),
