@@ -43,6 +43,9 @@ pub struct Shared {
     clients: AtomicUsize,
     /// Clients the open-file limit leaves room for.
     fd_client_budget: usize,
+    /// The listener's address when it is one address (not a wildcard): every client
+    /// connection's own end.
+    pub local: Option<SocketAddr>,
     pub shutdown: CancellationToken,
 }
 
@@ -184,6 +187,7 @@ impl Proxy {
             params: Default::default(),
             clients: AtomicUsize::new(0),
             fd_client_budget,
+            local: Some(addr).filter(|a| !a.ip().is_unspecified()),
             shutdown: CancellationToken::new(),
         });
         shared.reloader.attach(&shared);
@@ -236,12 +240,6 @@ fn spawn_tidying(shared: &Arc<Shared>) {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    // Every connection to a listener bound to one address has that address as its own; only
-    // a wildcard listener needs to ask the kernel (getsockname) per connection.
-    let local = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -252,8 +250,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let _ = stream.set_nodelay(true);
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 let count = ClientCount(shared.clone());
-                let addrs = client::Addrs { peer, local };
-                tokio::spawn(client::serve(stream, addrs, shared.clone(), count));
+                tokio::spawn(client::serve(stream, peer, shared.clone(), count));
             }
             Err(e) => {
                 // Out of descriptors or a transient accept error: back off instead of spinning.

@@ -44,26 +44,17 @@ use login::LoginError;
 use session::Session;
 use startup::{Opening, OpeningError};
 
-/// A connection's two ends, as accept gave them: the client's address, and sluice's own when
-/// the listener's address already says it (None: ask the socket).
-#[derive(Debug, Clone, Copy)]
-pub struct Addrs {
-    pub peer: std::net::SocketAddr,
-    pub local: Option<std::net::SocketAddr>,
-}
-
 /// Serve one accepted connection to the end; `guard` is dropped when it ends.
 // An async block, not an async fn: an async fn's state keeps a copy of its arguments, and
 // this future is most of every client's task.
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
     mut stream: TcpStream,
-    addrs: Addrs,
+    peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     guard: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let peer = addrs.peer;
         let registered = shared.cancels.register();
         let cancel = registered.slot.clone();
         // Boxed: the login's state is freed once it is done instead of sizing the whole task.
@@ -71,7 +62,7 @@ pub fn serve(
             return;
         };
         // The registration (if any) outlives the session, which the box owns.
-        let (_registration, run) = start(&shared, stream, addrs, opened, cancel);
+        let (_registration, run) = start(&shared, stream, peer, opened, cancel);
         run.await;
         drop(guard);
     }
@@ -84,13 +75,13 @@ type SessionRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 fn start(
     shared: &Arc<Shared>,
     stream: TcpStream,
-    addrs: Addrs,
+    peer: std::net::SocketAddr,
     opened: Opened,
     cancel: Arc<CancelSlot>,
 ) -> (Option<Registration<'_>>, SessionRun) {
     match opened {
         Opened::Pooled(startup, server) => {
-            let (registration, run) = start_session(shared, stream, addrs, startup, server, cancel);
+            let (registration, run) = start_session(shared, stream, peer, startup, server, cancel);
             (Some(registration), run)
         }
         Opened::Console(login, input) => {
@@ -108,7 +99,7 @@ fn start(
 fn start_session(
     shared: &Arc<Shared>,
     stream: TcpStream,
-    addrs: Addrs,
+    peer: std::net::SocketAddr,
     startup: Startup,
     server: Option<Backend>,
     cancel: Arc<CancelSlot>,
@@ -119,8 +110,10 @@ fn start_session(
         user: shared.params.name(&startup.user),
         database: shared.params.name(&startup.database),
         pool: Some(startup.pool),
-        peer: addrs.peer,
-        local: addrs.local.or_else(|| stream.local_addr().ok()),
+        peer,
+        // A listener bound to one address gives every connection that address; only a
+        // wildcard listener needs to ask the kernel (getsockname) per connection.
+        local: shared.local.or_else(|| stream.local_addr().ok()),
         application_name: shared
             .params
             .name(startup.params.get("application_name").unwrap_or("")),
