@@ -147,6 +147,27 @@ pub async fn forward(
             if release_when_idle && flow.may_release() && to_server.is_empty() && rbuf.is_empty() {
                 break 'forward Ended::Released;
             }
+            // Write what is ready now, before waiting on anything (what the client is owed
+            // once the backend is free the caller writes after giving it back): a socket with room takes
+            // it in one call here, where a turn of the select below would cost a poll of
+            // every branch for the same system call.
+            if !to_server.is_empty() {
+                match write_now(&swr, &to_server) {
+                    Some(Ok(n)) => drained(&mut to_server, n),
+                    Some(Err(())) => break 'forward Ended::ServerGone,
+                    None => {}
+                }
+            }
+            if !to_client.is_empty() {
+                match write_now(&cwr, &to_client) {
+                    Some(Ok(n)) => {
+                        flow.tally.sent(n);
+                        drained(&mut to_client, n);
+                    }
+                    Some(Err(())) => break 'forward flow.client_gone(&to_server),
+                    None => {}
+                }
+            }
             reserve(input);
             reserve(rbuf);
             let timer = clock.next(&flow, &timeouts, to_server.is_empty());
@@ -206,6 +227,17 @@ pub async fn forward(
     flow.tally.sent(to_client.len());
     flow.flush_tally();
     (end, to_client)
+}
+
+/// Write without waiting: Some(Ok(n)) for n > 0 bytes written, None when the socket has no
+/// room (the select's write branch waits for it), Some(Err) when the peer is gone.
+#[inline]
+fn write_now(half: &tokio::net::tcp::WriteHalf<'_>, buf: &[u8]) -> Option<Result<usize, ()>> {
+    match half.try_write(buf) {
+        Ok(n) if n > 0 => Some(Ok(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        _ => Some(Err(())),
+    }
 }
 
 /// Wait for the armed timer (the branch is enabled only when there is one).
