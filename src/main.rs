@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use sluice::config::LogFormat;
 use sluice::{Config, Proxy};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
