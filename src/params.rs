@@ -113,8 +113,23 @@ impl Interner {
     /// holding them, just not handed to new ones.
     const KEEP: usize = 64;
 
-    pub fn intern(&self, params: Params) -> Arc<Params> {
-        remember(&self.recent, |p| **p == params, || Arc::new(params.clone()))
+    /// The map of these (name, value) pairs, in this order: a remembered one when there is
+    /// one (every login of a pool's usual client, so no string is copied), else a new one.
+    pub fn intern_pairs(&self, pairs: &[(&str, &str)]) -> Arc<Params> {
+        let same = |p: &Arc<Params>| {
+            p.entries.len() == pairs.len()
+                && p.entries
+                    .iter()
+                    .zip(pairs)
+                    .all(|((k, v), (name, value))| k == name && v == value)
+        };
+        remember(&self.recent, same, || {
+            let mut params = Params::new();
+            for (name, value) in pairs {
+                params.set(name, value);
+            }
+            Arc::new(params)
+        })
     }
 
     /// A user, database or application name.
@@ -259,10 +274,9 @@ mod tests {
     #[test]
     fn interned_maps_are_shared_until_one_changes() {
         let interner = Interner::default();
-        let mut p = Params::new();
-        p.set("application_name", "app");
-        let mut a = interner.intern(p.clone());
-        let b = interner.intern(p.clone());
+        let p = [("application_name", "app")];
+        let mut a = interner.intern_pairs(&p);
+        let b = interner.intern_pairs(&p);
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Params::set_shared(&mut a, "application_name", "app"));
         assert!(Arc::ptr_eq(&a, &b), "an unchanged value copies nothing");
@@ -270,12 +284,10 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!(b.get("application_name"), Some("app"));
         for i in 0..Interner::KEEP + 1 {
-            let mut q = Params::new();
-            q.set("application_name", &i.to_string());
-            interner.intern(q);
+            interner.intern_pairs(&[("application_name", &i.to_string())]);
         }
         assert!(
-            !Arc::ptr_eq(&interner.intern(p), &b),
+            !Arc::ptr_eq(&interner.intern_pairs(&p), &b),
             "forgotten after KEEP others"
         );
     }

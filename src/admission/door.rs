@@ -199,8 +199,8 @@ impl Door {
                 return Err(self.refuse(Refusal::UserCap, too_many(&key)));
             }
         }
-        *c.databases.entry(database.to_string()).or_default() += 1;
-        *c.users.entry(user.to_string()).or_default() += 1;
+        count_in(&mut c.databases, database);
+        count_in(&mut c.users, user);
         Ok(Admitted {
             door: self.clone(),
             database: self.names.name(database),
@@ -308,6 +308,16 @@ impl Door {
         }
         let now = Instant::now();
         self.blocked.lock().unwrap().retain(|_, until| *until > now);
+    }
+}
+
+/// One more under `name`; the name is copied only the first time it is counted.
+fn count_in(counts: &mut HashMap<String, usize>, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_string(), 1);
+        }
     }
 }
 

@@ -319,27 +319,40 @@ async fn choose_pool(
         .learn_server_params(pool, deadline)
         .await
         .map_err(refusal)?;
-    let mut params = Params::new();
-    for (name, value) in reported.iter() {
-        if params::is_tracked(name, &extra_params) {
-            params.set(name, value);
-        }
-    }
-    for (name, value) in requested.iter() {
-        params.set(name, value);
-    }
+    let params = (shared.params).intern_pairs(&session_pairs(&reported, &requested, &extra_params));
     let startup = Startup {
         pool,
         database: database.to_string(),
         user: user.to_string(),
         mode,
-        params: shared.params.intern(params),
+        params,
         extra_params,
         reported,
         admitted,
         input: BytesMut::new(),
     };
     Ok((startup, server))
+}
+
+/// A new session's parameters: the tracked ones its pool's backends report, overridden by
+/// those the client asked for. As borrowed pairs: a pool's clients mostly log in alike, and
+/// the map they share is then found without copying a string.
+fn session_pairs<'a>(
+    reported: &'a Params,
+    requested: &'a Params,
+    extra: &[String],
+) -> Vec<(&'a str, &'a str)> {
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
+    let tracked = reported
+        .iter()
+        .filter(|(name, _)| params::is_tracked(name, extra));
+    for (name, value) in tracked.chain(requested.iter()) {
+        match pairs.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some(pair) => pair.1 = value,
+            None => pairs.push((name, value)),
+        }
+    }
+    pairs
 }
 
 /// The tracked parameters a client asked for at startup, including `-c name=value` pairs in
@@ -455,6 +468,25 @@ mod tests {
         );
         assert!(parse_options("-x").is_err());
         assert!(parse_options("-c novalue").is_err());
+    }
+
+    #[test]
+    fn a_session_takes_the_servers_tracked_parameters_with_the_clients_on_top() {
+        let mut reported = Params::new();
+        reported.set("TimeZone", "UTC");
+        reported.set("server_version", "15.18");
+        reported.set("application_name", "");
+        let mut requested = Params::new();
+        requested.set("timezone", "Europe/Paris");
+        requested.set("DateStyle", "ISO, DMY");
+        assert_eq!(
+            session_pairs(&reported, &requested, &[]),
+            vec![
+                ("TimeZone", "Europe/Paris"),
+                ("application_name", ""),
+                ("DateStyle", "ISO, DMY"),
+            ]
+        );
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub(super) struct State {
     global: Cap,
     dbs: Vec<(String, Cap)>,
     pools: Vec<Pool>,
-    index: HashMap<(String, String), PoolId>,
+    /// database -> user -> pool: found by `&str` at every login, without copying the names.
+    index: HashMap<String, HashMap<String, PoolId>>,
     /// Users with reserved backends in every database, and how many.
     reserves: Vec<(String, usize)>,
     next_waiter: u64,
@@ -137,7 +138,7 @@ impl State {
         user: &str,
         settings: impl FnOnce() -> PoolSettings,
     ) -> PoolId {
-        if let Some(&id) = self.index.get(&(database.to_string(), user.to_string())) {
+        if let Some(id) = self.pool_id(database, user) {
             return id;
         }
         let settings = settings();
@@ -163,8 +164,14 @@ impl State {
             generation: 0,
         });
         self.index
-            .insert((database.to_string(), user.to_string()), id);
+            .entry(database.to_string())
+            .or_default()
+            .insert(user.to_string(), id);
         id
+    }
+
+    fn pool_id(&self, database: &str, user: &str) -> Option<PoolId> {
+        self.index.get(database)?.get(user).copied()
     }
 
     fn db_for(&mut self, database: &str, max: Option<usize>) -> usize {
@@ -194,9 +201,8 @@ impl State {
             .filter(|(user, _)| *user != p.user)
             .map(|(user, reserve)| {
                 let open = self
-                    .index
-                    .get(&(p.database.clone(), user.clone()))
-                    .map_or(0, |&q| self.pools[q].open);
+                    .pool_id(&p.database, user)
+                    .map_or(0, |q| self.pools[q].open);
                 reserve.saturating_sub(open)
             })
             .sum();
