@@ -16,11 +16,13 @@ pub use control::{ConnectOutcome, ServerView};
 pub use ride::{Offer, Reply, Ride, RideRequest, Rider};
 pub use slot::Slot;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use crate::config::QueuePolicy;
 use crate::params::Params;
@@ -144,6 +146,8 @@ pub enum Seat {
 pub struct PoolSet {
     state: Mutex<State>,
     me: Weak<PoolSet>,
+    /// Wakes the sweeper of queue timeouts when a waiter is due before anything it knew of.
+    sweep: Arc<Notify>,
     next_server_id: AtomicU64,
     salted: SaltedPasswords,
 }
@@ -153,6 +157,7 @@ impl PoolSet {
         Arc::new_cyclic(|me| PoolSet {
             state: Mutex::new(State::new(max_server_connections)),
             me: me.clone(),
+            sweep: Arc::default(),
             next_server_id: AtomicU64::new(1),
             salted: SaltedPasswords::default(),
         })
@@ -236,7 +241,9 @@ impl PoolSet {
             let server = match take {
                 Take::Idle(server) => server,
                 Take::Connect(slot) => self.connect(pool, slot).await?,
-                Take::Wait(id, rx) => match self.wait(pool, id, rx, deadline).await? {
+                // Refused at its deadline by the sweeper (`sweep_queue_timeouts`); no timer
+                // of its own.
+                Take::Wait(rx, _) => match rx.await.map_err(|_| CheckoutError::Closed)? {
                     Grant::Server(server) => server,
                     Grant::Ride(ride) => return Ok(Seat::Ride(ride)),
                     Grant::Slot(slot) => self.connect(pool, slot).await?,
@@ -261,29 +268,23 @@ impl PoolSet {
             .lock()
             .take(pool, now, deadline, offer, &self.me, &mut doomed);
         drop(doomed); // closes outside the lock: dropping a backend takes the lock again
+        if let Take::Wait(_, true) = take {
+            self.sweep.notify_one();
+        }
         take
     }
 
-    async fn wait(
+    /// Connect a backend for `pool` on `slot`. Boxed: a login's state is over a kilobyte, and
+    /// inline it would size every waiting client's checkout, which connects only rarely.
+    fn connect(
         &self,
         pool: PoolId,
-        id: u64,
-        mut rx: oneshot::Receiver<Grant>,
-        deadline: Instant,
-    ) -> Result<Grant, CheckoutError> {
-        match tokio::time::timeout_at(deadline.into(), &mut rx).await {
-            Ok(Ok(grant)) => Ok(grant),
-            Ok(Err(_)) => Err(CheckoutError::Closed),
-            Err(_) => {
-                self.lock().forget_waiter(pool, id, true);
-                // A grant may have landed between the timeout and taking the lock.
-                rx.try_recv()
-                    .map_err(|_| CheckoutError::Shed(Shed::QueueTimeout))
-            }
-        }
+        slot: Slot,
+    ) -> Pin<Box<dyn Future<Output = Result<Backend, CheckoutError>> + Send + '_>> {
+        Box::pin(self.connect_now(pool, slot))
     }
 
-    async fn connect(&self, pool: PoolId, slot: Slot) -> Result<Backend, CheckoutError> {
+    async fn connect_now(&self, pool: PoolId, slot: Slot) -> Result<Backend, CheckoutError> {
         let (target, generation) = self.lock().target(pool);
         let id = self.next_server_id.fetch_add(1, Ordering::Relaxed);
         let result = ServerConn::connect(&target, &self.salted, slot, id).await;
@@ -404,8 +405,13 @@ impl PoolSet {
         }
     }
 
-    /// Run `maintain` every second until the set is dropped.
+    /// Run `maintain` every second, and refuse waiters at their deadlines, until the set is
+    /// dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) {
+        tokio::spawn(sweep_queue_timeouts(
+            Arc::downgrade(self),
+            self.sweep.clone(),
+        ));
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -424,5 +430,35 @@ impl PoolSet {
     pub fn close(&self) {
         let doomed = self.lock().close();
         drop(doomed);
+    }
+}
+
+/// Refuse waiters whose `pool.queue_timeout` has passed, sleeping until the earliest deadline
+/// (or until `wake`: a waiter due sooner, or the set dropped), for as long as the set lives.
+async fn sweep_queue_timeouts(set: Weak<PoolSet>, wake: Arc<Notify>) {
+    loop {
+        // Only a weak hold while asleep, so that the set drops with the proxy.
+        let Some(next) = set
+            .upgrade()
+            .map(|s| s.lock().expire_waiters(Instant::now()))
+        else {
+            return;
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+impl Drop for PoolSet {
+    fn drop(&mut self) {
+        // Let the sweeper see that the set is gone.
+        self.sweep.notify_one();
     }
 }

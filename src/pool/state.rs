@@ -31,14 +31,16 @@ pub(super) enum Grant {
 pub(super) enum Take {
     Idle(Backend),
     Connect(Slot),
-    Wait(u64, oneshot::Receiver<Grant>),
+    /// Queued; true when the sweeper of queue timeouts must be woken for its deadline.
+    Wait(oneshot::Receiver<Grant>, bool),
     Shed(Shed),
     Closed,
 }
 
 struct Waiter {
-    id: u64,
     since: Instant,
+    /// When it is refused with `Shed::QueueTimeout` if nothing came free (`expire_waiters`).
+    deadline: Instant,
     tx: oneshot::Sender<Grant>,
     /// Offered when the client's request could ride on another's backend.
     ride: Option<RideRequest>,
@@ -105,7 +107,9 @@ pub(super) struct State {
     index: HashMap<String, HashMap<String, PoolId>>,
     /// Users with reserved backends in every database, and how many.
     reserves: Vec<(String, usize)>,
-    next_waiter: u64,
+    /// The earliest deadline the sweeper of queue timeouts knows of (None: it sleeps until
+    /// told); a waiter due sooner must wake it.
+    sweep_at: Option<Instant>,
     closed: bool,
     /// PAUSE/RESUME and connect outcomes, for the admin console.
     control: Control,
@@ -122,7 +126,7 @@ impl State {
             pools: Vec::new(),
             index: HashMap::new(),
             reserves: Vec::new(),
-            next_waiter: 0,
+            sweep_at: None,
             closed: false,
             control: Control::default(),
         }
@@ -273,19 +277,46 @@ impl State {
             return Take::Shed(Shed::QueueTimeout);
         }
         let (tx, rx) = oneshot::channel();
-        self.next_waiter += 1;
-        let id = self.next_waiter;
         let ride = match offer {
             Some(offer) if p.settings.pipeline_depth > 1 => offer(),
             _ => None,
         };
         p.waiters.push_back(Waiter {
-            id,
             since: now,
+            deadline,
             tx,
             ride,
         });
-        Take::Wait(id, rx)
+        let sweep = self.sweep_at.is_none_or(|at| deadline < at);
+        if sweep {
+            self.sweep_at = Some(deadline);
+        }
+        Take::Wait(rx, sweep)
+    }
+
+    /// Refuse every waiter whose deadline has passed (`Shed::QueueTimeout`), and return the
+    /// earliest deadline still ahead, which the sweeper sleeps until. One sweeper for all
+    /// pools instead of a timer per waiting client: with FIFO queues and one
+    /// `pool.queue_timeout` the earliest deadline is the oldest waiter's, so the sweeper
+    /// wakes about once per timeout while queues stand, not once per wait.
+    pub(super) fn expire_waiters(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for p in &mut self.pools {
+            p.waiters.retain_mut(|w| {
+                if w.deadline > now {
+                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    return true;
+                }
+                let (tx, _) = oneshot::channel();
+                let tx = std::mem::replace(&mut w.tx, tx);
+                if tx.send(Grant::Shed(Shed::QueueTimeout)).is_ok() {
+                    p.counters.shed[Shed::QueueTimeout as usize] += 1;
+                }
+                false
+            });
+        }
+        self.sweep_at = next;
+        next
     }
 
     /// An idle backend, or capacity for a new one, if there is any right now.
@@ -384,16 +415,6 @@ impl State {
         slot.move_to(pool);
         doomed.push(server);
         Some(slot)
-    }
-
-    /// The waiter gave up; when it timed out, count that.
-    pub(super) fn forget_waiter(&mut self, pool: PoolId, id: u64, timed_out: bool) {
-        let p = &mut self.pools[pool];
-        let before = p.waiters.len();
-        p.waiters.retain(|w| w.id != id);
-        if timed_out && p.waiters.len() < before {
-            p.counters.shed[Shed::QueueTimeout as usize] += 1;
-        }
     }
 
     /// Hand freed capacity to waiters that can use it, for as long as there is any: pools
