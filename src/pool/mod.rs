@@ -3,9 +3,10 @@
 //! None is ever exceeded: capacity is a counted `Slot` taken under one lock before any connect.
 //!
 //! Idle backends are reused last-in first-out, so a quiet pool's extra backends age out.
-//! Clients that find no capacity wait in a FIFO queue until their deadline; a returned backend
-//! goes straight to the oldest waiter of its pool, and freed capacity to the oldest waiter that
-//! can use it. The lock is a plain mutex held for a few field updates, never across an await.
+//! Clients that find no capacity wait in a FIFO queue until their deadline, which one sweeper
+//! task enforces for every queue (no timer per waiting client); a returned backend goes
+//! straight to the oldest waiter of its pool, and freed capacity to the oldest waiter that can
+//! use it. The lock is a plain mutex held for a few field updates, never across an await.
 
 mod control;
 mod ride;

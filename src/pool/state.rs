@@ -86,6 +86,9 @@ struct Pool {
     counters: Counters,
     /// Bumped when the pool's connect target changes; older backends close at checkin.
     generation: u64,
+    /// Whether the waiters' deadlines rise from front to back, as they do while every client
+    /// waits `pool.queue_timeout` from its arrival. Then the sweeper looks only at the front.
+    deadlines_ordered: bool,
 }
 
 impl Pool {
@@ -166,6 +169,7 @@ impl State {
             learning: Arc::default(),
             counters: Counters::default(),
             generation: 0,
+            deadlines_ordered: true,
         });
         self.index
             .entry(database.to_string())
@@ -281,6 +285,10 @@ impl State {
             Some(offer) if p.settings.pipeline_depth > 1 => offer(),
             _ => None,
         };
+        if p.waiters.back().is_some_and(|w| deadline < w.deadline) {
+            // A shorter queue_timeout since a reload, or a client queueing again.
+            p.deadlines_ordered = false;
+        }
         p.waiters.push_back(Waiter {
             since: now,
             deadline,
@@ -302,18 +310,35 @@ impl State {
     pub(super) fn expire_waiters(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         for p in &mut self.pools {
-            p.waiters.retain_mut(|w| {
-                if w.deadline > now {
-                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
-                    return true;
+            let refuse = |w: Waiter, counters: &mut Counters| {
+                if w.tx.send(Grant::Shed(Shed::QueueTimeout)).is_ok() {
+                    counters.shed[Shed::QueueTimeout as usize] += 1;
                 }
-                let (tx, _) = oneshot::channel();
-                let tx = std::mem::replace(&mut w.tx, tx);
-                if tx.send(Grant::Shed(Shed::QueueTimeout)).is_ok() {
-                    p.counters.shed[Shed::QueueTimeout as usize] += 1;
+            };
+            if p.deadlines_ordered {
+                // The due ones are at the front, and the front's deadline is the pool's next.
+                while p.waiters.front().is_some_and(|w| w.deadline <= now) {
+                    let w = p.waiters.pop_front().expect("front exists");
+                    refuse(w, &mut p.counters);
                 }
-                false
-            });
+            } else {
+                let (due, kept) = std::mem::take(&mut p.waiters)
+                    .into_iter()
+                    .partition::<VecDeque<_>, _>(|w| w.deadline <= now);
+                p.waiters = kept;
+                due.into_iter().for_each(|w| refuse(w, &mut p.counters));
+                p.deadlines_ordered = p
+                    .waiters
+                    .iter()
+                    .zip(p.waiters.iter().skip(1))
+                    .all(|(a, b)| a.deadline <= b.deadline);
+            }
+            let earliest = if p.deadlines_ordered {
+                p.waiters.front().map(|w| w.deadline)
+            } else {
+                p.waiters.iter().map(|w| w.deadline).min()
+            };
+            next = next.into_iter().chain(earliest).min();
         }
         self.sweep_at = next;
         next
@@ -818,5 +843,90 @@ impl State {
 
     pub(super) fn connect_counts(&self) -> [u64; 4] {
         self.control.connects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PoolSettings {
+        PoolSettings {
+            size: 1,
+            min_size: 0,
+            lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(600),
+            database_max: None,
+            target: ConnectTarget {
+                host: "127.0.0.1".into(),
+                port: 1,
+                dbname: "d".into(),
+                user: "u".into(),
+                secret: None,
+                connect_timeout: Duration::from_secs(1),
+            },
+            max_waiting: 100,
+            queue: QueuePolicy::Fifo,
+            codel_interval: Duration::from_millis(100),
+            codel_target: Duration::from_millis(5),
+            weight: 1,
+            reserve: 0,
+            adaptive_min: None,
+            pipeline_depth: 1,
+        }
+    }
+
+    /// Queue a client that must wait (the global cap is 0) until `deadline`: its channel,
+    /// and whether the sweeper had to be woken for it.
+    fn wait(
+        st: &mut State,
+        pool: PoolId,
+        now: Instant,
+        deadline: Instant,
+    ) -> (oneshot::Receiver<Grant>, bool) {
+        match st.take(pool, now, deadline, None, &Weak::new(), &mut Vec::new()) {
+            Take::Wait(rx, sweep) => (rx, sweep),
+            _ => panic!("the client should have queued"),
+        }
+    }
+
+    fn refused(rx: &mut oneshot::Receiver<Grant>) -> bool {
+        matches!(rx.try_recv(), Ok(Grant::Shed(Shed::QueueTimeout)))
+    }
+
+    #[test]
+    fn the_sweeper_refuses_each_waiter_at_its_own_deadline() {
+        let mut st = State::new(0);
+        let pool = st.pool_for("d", "u", settings);
+        let (t0, s) = (Instant::now(), Duration::from_secs(1));
+        let (mut a, wake_a) = wait(&mut st, pool, t0, t0 + 3 * s);
+        let (mut b, wake_b) = wait(&mut st, pool, t0, t0 + 5 * s);
+        // Due before the others (a shorter queue_timeout since a reload): out of order.
+        let (mut c, wake_c) = wait(&mut st, pool, t0, t0 + 2 * s);
+        assert!(
+            wake_a && !wake_b && wake_c,
+            "woken only for a sooner deadline"
+        );
+        assert_eq!(st.expire_waiters(t0 + s), Some(t0 + 2 * s));
+        assert!(!refused(&mut a) && !refused(&mut b) && !refused(&mut c));
+        assert_eq!(st.expire_waiters(t0 + 3 * s), Some(t0 + 5 * s));
+        assert!(refused(&mut a) && refused(&mut c) && !refused(&mut b));
+        let stats = st.stats(pool);
+        assert_eq!(
+            (stats.waiting, stats.shed[Shed::QueueTimeout as usize]),
+            (1, 2)
+        );
+        // In order again: only the front is looked at.
+        let (mut d, wake_d) = wait(&mut st, pool, t0, t0 + 6 * s);
+        assert!(!wake_d);
+        assert_eq!(st.expire_waiters(t0 + 5 * s), Some(t0 + 6 * s));
+        assert!(refused(&mut b) && !refused(&mut d));
+        assert_eq!(st.expire_waiters(t0 + 6 * s), None);
+        assert!(refused(&mut d));
+        // A client that left before its deadline is dropped without a count.
+        let (e, _) = wait(&mut st, pool, t0, t0 + 7 * s);
+        drop(e);
+        assert_eq!(st.expire_waiters(t0 + 7 * s), None);
+        assert_eq!(st.stats(pool).shed[Shed::QueueTimeout as usize], 4);
     }
 }
