@@ -15,6 +15,47 @@ use bytes::BytesMut;
 
 use crate::protocol::extended::build_parse;
 
+/// `sluice_<id>`, without an allocation: "sluice_" and at most 20 digits.
+#[derive(Clone, Copy)]
+pub struct ServerName {
+    buf: [u8; 27],
+    len: u8,
+}
+
+impl ServerName {
+    fn new(id: u64) -> ServerName {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut n = id;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let digits = &digits[start..];
+        let mut buf = [0u8; 27];
+        buf[..7].copy_from_slice(b"sluice_");
+        buf[7..7 + digits.len()].copy_from_slice(digits);
+        ServerName {
+            buf,
+            len: (7 + digits.len()) as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).expect("ASCII")
+    }
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One shared statement.
 #[derive(Debug)]
 pub struct Statement {
@@ -27,15 +68,17 @@ pub struct Statement {
 }
 
 impl Statement {
-    pub fn server_name(id: u64) -> String {
-        format!("sluice_{id}")
+    /// The statement's name on backends, `sluice_<id>`: written into every Bind and Describe
+    /// of a named statement, so it is formatted on the stack.
+    pub fn server_name(id: u64) -> ServerName {
+        ServerName::new(id)
     }
 
     /// Append the Parse that prepares this statement on a backend.
     pub fn write_parse(&self, out: &mut BytesMut) {
         build_parse(
             out,
-            &Self::server_name(self.id),
+            Self::server_name(self.id).as_str(),
             &self.query,
             &self.param_types,
         );
@@ -214,6 +257,17 @@ impl BackendStatements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names_are_formatted_on_the_stack_as_before() {
+        for id in [0, 7, 10, 4096, u64::MAX] {
+            assert_eq!(Statement::server_name(id).as_str(), format!("sluice_{id}"));
+            assert_eq!(
+                Statement::server_name(id).to_string(),
+                format!("sluice_{id}")
+            );
+        }
+    }
 
     #[test]
     fn same_query_and_types_share_one_statement() {

@@ -183,7 +183,7 @@ impl Ctx<'_, '_> {
             return self.refuse(no_such_statement(name));
         };
         self.ensure_prepared(&stmt, out);
-        build_bind(out, portal, &Statement::server_name(stmt.id), rest);
+        build_bind(out, portal, Statement::server_name(stmt.id).as_str(), rest);
         self.client.tracker.push(Expect::Reply(Kind::Bind {
             stmt: Some(stmt.id),
         }));
@@ -197,7 +197,12 @@ impl Ctx<'_, '_> {
                     return self.refuse(no_such_statement(name));
                 };
                 self.ensure_prepared(&stmt, out);
-                build_target(out, ftag::DESCRIBE, b'S', &Statement::server_name(stmt.id));
+                build_target(
+                    out,
+                    ftag::DESCRIBE,
+                    b'S',
+                    Statement::server_name(stmt.id).as_str(),
+                );
                 self.client.tracker.push(Expect::Reply(Kind::Describe));
                 Handled::Rewritten
             }
@@ -334,7 +339,7 @@ impl Ctx<'_, '_> {
     /// Note `id` as prepared on the backend, closing what falls out of its LRU.
     fn close_evicted(&mut self, id: u64, out: &mut BytesMut) {
         for old in self.backend.insert(id, self.rules.max_prepared) {
-            build_target(out, ftag::CLOSE, b'S', &Statement::server_name(old));
+            build_target(out, ftag::CLOSE, b'S', Statement::server_name(old).as_str());
             self.client.tracker.push(Expect::Own(Kind::Close));
         }
     }

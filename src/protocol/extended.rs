@@ -7,6 +7,16 @@ use bytes::{BufMut, BytesMut};
 use super::frame::cstr;
 use super::messages::{begin, finish, put_cstr};
 
+/// Room kept after a frame sluice rewrites, for the short messages that usually follow it in
+/// the batch (Describe, Execute, Sync): they are then appended without growing the buffer.
+const ROOM_AFTER: usize = 64;
+
+/// Make room for a frame of `body` bytes and what usually follows, at once: a frame built
+/// piece by piece into an empty buffer would otherwise grow it at every piece.
+fn room(out: &mut BytesMut, body: usize) {
+    out.reserve(5 + body + ROOM_AFTER);
+}
+
 /// A Parse body: statement name, query text, and the raw parameter-type section.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parse<'a> {
@@ -26,6 +36,7 @@ pub fn parse_parse(body: &[u8]) -> Option<Parse<'_>> {
 }
 
 pub fn build_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u8]) {
+    room(out, name.len() + query.len() + 2 + param_types.len());
     let start = begin(out, b'P');
     put_cstr(out, name);
     put_cstr(out, query);
@@ -41,6 +52,7 @@ pub fn parse_bind(body: &[u8]) -> Option<(&str, &str, &[u8])> {
 }
 
 pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    room(out, portal.len() + statement.len() + 2 + rest.len());
     let start = begin(out, b'B');
     put_cstr(out, portal);
     put_cstr(out, statement);
@@ -56,6 +68,7 @@ pub fn parse_target(body: &[u8]) -> Option<(u8, &str)> {
 }
 
 pub fn build_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    room(out, 1 + name.len() + 1);
     let start = begin(out, tag);
     out.put_u8(kind);
     put_cstr(out, name);
