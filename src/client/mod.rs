@@ -319,7 +319,8 @@ async fn choose_pool(
         .learn_server_params(pool, deadline)
         .await
         .map_err(refusal)?;
-    let params = (shared.params).intern_pairs(&session_pairs(&reported, &requested, &extra_params));
+    let pairs = session_pairs(&reported, &requested, &extra_params);
+    let params = shared.params.intern_pairs(&pairs);
     let startup = Startup {
         pool,
         database: database.to_string(),
