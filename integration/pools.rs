@@ -1,6 +1,7 @@
 //! Pool bounds against real PostgreSQL: backends never exceed the pool, database or global
 //! cap; waiting clients get 53300 at the queue deadline and keep their session; the client cap
-//! refuses at once; each client's parameters follow it from backend to backend.
+//! refuses at once; each client's parameters follow it from backend to backend; a backend
+//! PostgreSQL ended while it sat idle is replaced, not handed out.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -215,6 +216,25 @@ async fn queue_timeout_gives_53300_and_the_session_lives_on() {
     holder.batch_execute("commit").await.unwrap();
     let row = waiter.query_one("select 41 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
+}
+
+/// `check_idle` at checkout: a backend that PostgreSQL ended while it sat in the pool (its
+/// FATAL and close arrive while nobody reads it) is closed, and the client gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_ended_while_idle_is_not_handed_out() {
+    let user = role("u_idle_ended");
+    let p = proxy()
+        .user_secret(&user, PASSWORD)
+        .pool("size = 1")
+        .start()
+        .await;
+    let client = p.connect(&user).await.unwrap();
+    let pid = "select pg_backend_pid()";
+    let first: i32 = client.query_one(pid, &[]).await.unwrap().get(0);
+    psql_super(&format!("select pg_terminate_backend({first})"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second: i32 = client.query_one(pid, &[]).await.unwrap().get(0);
+    assert_ne!(first, second, "a new backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,10 +147,10 @@ pub async fn forward(
             if release_when_idle && flow.may_release() && to_server.is_empty() && rbuf.is_empty() {
                 break 'forward Ended::Released;
             }
-            // Write what is ready now, before waiting on anything (what the client is owed
-            // once the backend is free the caller writes after giving it back): a socket with room takes
+            // Write what is ready now, before waiting on anything: a socket with room takes
             // it in one call here, where a turn of the select below would cost a poll of
-            // every branch for the same system call.
+            // every branch for the same system call. (What the client is owed once the
+            // backend may go is not written here: the caller writes it after the checkin.)
             if !to_server.is_empty() {
                 match write_now(&swr, &to_server) {
                     Some(Ok(n)) => drained(&mut to_server, n),

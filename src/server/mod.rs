@@ -22,6 +22,10 @@ use crate::pool::Slot;
 use crate::protocol::error::{code, PgError};
 use crate::protocol::messages::{self, tag};
 
+/// Bytes an idle backend may have sent (ParameterStatus, notices) before it is closed instead
+/// of handed out.
+const IDLE_CHATTER_LIMIT: usize = 64 * 1024;
+
 /// Where and as whom a pool's backends connect.
 #[derive(Debug, Clone)]
 pub struct ConnectTarget {
@@ -169,6 +173,8 @@ impl ServerConn {
             match self.stream.try_read_buf(&mut self.rbuf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) | Ok(0) => return false,
+                // Not what an idle server sends; and the read buffer stays bounded.
+                Ok(_) if self.rbuf.len() > IDLE_CHATTER_LIMIT => return false,
                 Ok(_) => {}
             }
         }
