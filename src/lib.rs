@@ -10,6 +10,7 @@ pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod health;
 pub mod params;

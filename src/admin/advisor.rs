@@ -4,9 +4,10 @@
 //! inside a transaction for over 10 s are named (id, user, address) once per episode, since
 //! that is how leaks starve a pool.
 
+use crate::clock::Instant;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::pool::PoolId;
 

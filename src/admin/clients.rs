@@ -3,6 +3,7 @@
 //! (idle, waiting for a backend, active on one) is one atomic the session updates at bind and
 //! unbind; the registry's lock is taken only at login, logout and by the admin side.
 
+use crate::clock::Instant;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 
@@ -131,7 +132,7 @@ fn epoch() -> Instant {
 }
 
 fn micros(since: Instant, at: Instant) -> u64 {
-    at.saturating_duration_since(since).as_micros() as u64
+    at.micros_since(since)
 }
 
 impl ClientEntry {

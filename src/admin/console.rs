@@ -173,7 +173,7 @@ impl Console<'_> {
             match tag {
                 ftag::QUERY => {
                     let text = cstr(&body).map(|(s, _)| s).unwrap_or_default();
-                    self.entry.requested(std::time::Instant::now());
+                    self.entry.requested(crate::clock::Instant::now());
                     self.query(text, &mut out).await;
                     messages::ready_for_query(&mut out, b'I');
                 }

@@ -5,8 +5,9 @@
 //! A client's state is `active` (on a backend), `idle` (logged in, holding none; PgBouncer
 //! counts these as active) or `waiting`.
 
+use crate::clock::Instant;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::protocol::rows::{oid, Table};
 use crate::proxy::Shared;

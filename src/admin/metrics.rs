@@ -3,8 +3,8 @@
 //! `database` and `user` labels; counters end in `_total`; the two latency histograms use the
 //! buckets of `histogram::BOUNDS`.
 
+use crate::clock::Instant;
 use std::fmt::{Display, Write};
-use std::time::Instant;
 
 use crate::admission::Refusal;
 use crate::pool::{ConnectOutcome, PoolStats, Shed};

@@ -9,9 +9,10 @@
 //! clients in a closed loop this comes to that number of clients. A pool must carry its bursts,
 //! not its average, so the suggestion is that of the busiest 10 s span of the last minute.
 
+use crate::clock::Instant;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::meters::MeterReading;
 use crate::pool::PoolId;

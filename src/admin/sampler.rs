@@ -2,8 +2,9 @@
 //! the advisor, and every `log.stats_period` logs the stats line. Holds the proxy weakly, so
 //! it ends with it.
 
+use crate::clock::Instant;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::pool::PoolStats;
 use crate::proxy::Shared;

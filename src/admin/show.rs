@@ -4,8 +4,8 @@
 //! come after PgBouncer's (`suggested_size` in SHOW POOLS, `total_requests` in SHOW STATS for
 //! exporters written against PgBouncer before 1.8).
 
+use crate::clock::Instant;
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use crate::config::{Config, PoolMode};
 use crate::protocol::rows::{oid, Table};

@@ -3,8 +3,9 @@
 //! forward path and added to the pool's meters once per read or write (`flush`), so the cost
 //! per message is an add, and per read a handful of relaxed atomics at most.
 
+use crate::clock::Instant;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,7 +83,7 @@ impl Tally {
         let now = Instant::now();
         self.queries += 1;
         if let Some(start) = self.query_start.take() {
-            self.query_us += us(now.saturating_duration_since(start));
+            self.query_us += now.micros_since(start);
         }
         if pending > 0 {
             self.query_start = Some(now);

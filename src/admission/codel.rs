@@ -10,7 +10,8 @@
 //! purpose, so overload ends only when the queue actually empties during an interval;
 //! otherwise the detector would flip back to FIFO every other interval.
 
-use std::time::{Duration, Instant};
+use crate::clock::Instant;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Codel {

@@ -3,12 +3,13 @@
 //! client address (GCRA, from governor), and a harder limit on failed logins per address so
 //! a password guesser is refused before it costs a PBKDF2. Admin users always get in.
 
+use crate::clock::Instant;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use governor::clock::{Clock, DefaultClock};

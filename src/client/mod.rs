@@ -17,12 +17,12 @@ mod transaction;
 
 pub use login::ClientSecrets;
 
+use crate::clock::Instant;
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;

@@ -7,7 +7,7 @@
 //! replies go out in the order PostgreSQL sends them: each ReadyForQuery ends one client's
 //! share.
 
-use std::time::Instant;
+use crate::clock::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Instant;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::rewrite::{self, ClientState, Ctx, Handled, Rules};
 use super::transaction::TxState;
@@ -124,6 +124,8 @@ pub async fn forward(
     // One timer for the whole binding, re-armed only when the deadline moves: building a
     // Sleep per loop turn cost a clock read and a runtime-handle clone each time.
     let mut timer_sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // When the armed timer fires, in the forward path's clock (the Sleep keeps tokio's).
+    let mut armed_at: Option<Instant> = None;
     let input = client.input;
     let mut flow = Flow {
         tx,
@@ -173,10 +175,11 @@ pub async fn forward(
             let timer = clock.next(&flow, &timeouts, to_server.is_empty());
             if let Some((at, _)) = timer {
                 match timer_sleep.as_mut() {
-                    Some(sleep) if sleep.deadline() == at => {}
-                    Some(sleep) => sleep.as_mut().reset(at),
-                    None => timer_sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                    Some(_) if armed_at == Some(at) => {}
+                    Some(sleep) => sleep.as_mut().reset(at.into()),
+                    None => timer_sleep = Some(Box::pin(tokio::time::sleep_until(at.into()))),
                 }
+                armed_at = Some(at);
             }
             tokio::select! {
                 biased;

@@ -3,8 +3,9 @@
 //! backend in time gets ERROR 53300 and keeps its session; a client that leaves mid-transaction
 //! has its transaction rolled back before the backend serves anyone else.
 
+use crate::clock::Instant;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;

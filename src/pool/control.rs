@@ -3,8 +3,9 @@
 //! SERVERS, and backend connect outcomes for the metrics. The state lives under the pool lock
 //! (see `State`); when nothing is paused each check costs one branch.
 
+use crate::clock::Instant;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{PoolId, PoolSet};
 use crate::server::{ServerConn, ServerError};

@@ -17,11 +17,12 @@ pub use control::{ConnectOutcome, ServerView};
 pub use ride::{Offer, Reply, Ride, RideRequest, Rider};
 pub use slot::Slot;
 
+use crate::clock::Instant;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 

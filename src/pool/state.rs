@@ -3,9 +3,10 @@
 //! the only I/O it may cause is dropping backends, which callers do after the lock is released
 //! (they collect them in a `doomed` list).
 
+use crate::clock::Instant;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 

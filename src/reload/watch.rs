@@ -6,10 +6,11 @@
 //! count). The file watcher reloads when the config files change, once they have been quiet
 //! for `reload.debounce`, so an editor's save-in-three-writes is one reload.
 
+use crate::clock::Instant;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::config::Reload;
 use crate::health::Snapshot;

@@ -8,9 +8,10 @@ mod wire;
 
 pub use credentials::SaltedPasswords;
 
+use crate::clock::Instant;
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
