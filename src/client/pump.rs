@@ -91,6 +91,9 @@ struct Flow<'a, 'r> {
     extra: &'a [String],
     rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
     tally: &'a mut Tally,
+    /// What the rewriter writes for one client message, before it joins the bytes to the
+    /// backend (after those still waiting to be moved there). Empty until a rewrite.
+    written: BytesMut,
 }
 
 /// Forward between client and backend until `Ended`. Returns the bytes still owed to the
@@ -137,6 +140,7 @@ pub async fn forward(
         extra: client.extra_params,
         rewrite: client.rewrite,
         tally: client.tally,
+        written: BytesMut::new(),
     };
 
     let end = 'forward: {
@@ -391,9 +395,9 @@ impl Flow<'_, '_> {
                         n += len;
                         continue;
                     };
-                    // What sluice writes must follow the bytes before it.
-                    pass(input, out, n);
-                    n = 0;
+                    // Forwarded messages join the run of bytes `pass` moves in one go; only
+                    // a message the rewriter answers, replaces or adds to ends the run (what
+                    // it writes must follow the bytes before it).
                     let mut ctx = Ctx {
                         client: state,
                         backend: self.statements,
@@ -401,10 +405,17 @@ impl Flow<'_, '_> {
                         client_params: self.client_params,
                         server_params: self.server_params,
                     };
-                    match ctx.on_frame(tag, &input[..len], out) {
+                    let handled = ctx.on_frame(tag, &input[n..n + len], &mut self.written);
+                    if handled != Handled::Forward || !self.written.is_empty() {
+                        pass(input, out, n);
+                        n = 0;
+                        out.extend_from_slice(&self.written);
+                        self.written.clear();
+                    }
+                    match handled {
                         Handled::Forward => {
                             self.tx.on_client(tag);
-                            n = len;
+                            n += len;
                         }
                         Handled::Rewritten => {
                             self.tx.on_client(tag);
