@@ -91,8 +91,8 @@ struct Flow<'a, 'r> {
     extra: &'a [String],
     rewrite: Option<(&'a mut ClientState, &'a Rules<'r>)>,
     tally: &'a mut Tally,
-    /// What the rewriter writes for one client message, before it joins the bytes to the
-    /// backend (after those still waiting to be moved there). Empty until a rewrite.
+    /// What the rewriter writes for a client message behind a run of forwarded ones, before
+    /// it joins the bytes to the backend after that run. Empty until such a rewrite.
     written: BytesMut,
 }
 
@@ -405,13 +405,20 @@ impl Flow<'_, '_> {
                         client_params: self.client_params,
                         server_params: self.server_params,
                     };
-                    let handled = ctx.on_frame(tag, &input[n..n + len], &mut self.written);
-                    if handled != Handled::Forward || !self.written.is_empty() {
-                        pass(input, out, n);
-                        n = 0;
-                        out.extend_from_slice(&self.written);
-                        self.written.clear();
-                    }
+                    // With no run waiting, the rewriter writes straight to `out`.
+                    let frame = &input[n..n + len];
+                    let handled = if n == 0 {
+                        ctx.on_frame(tag, frame, out)
+                    } else {
+                        let handled = ctx.on_frame(tag, frame, &mut self.written);
+                        if handled != Handled::Forward || !self.written.is_empty() {
+                            pass(input, out, n);
+                            n = 0;
+                            out.extend_from_slice(&self.written);
+                            self.written.clear();
+                        }
+                        handled
+                    };
                     match handled {
                         Handled::Forward => {
                             self.tx.on_client(tag);
