@@ -97,3 +97,38 @@ async fn simple_and_extended_queries_pass_through() {
         5
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_taken_in_when_its_startup_packet_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = proxy().start().await;
+    // Connected but silent: the kernel holds it (TCP_DEFER_ACCEPT), so sluice has not
+    // accepted it and counts no client.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", p.port()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        p.shared().client_count(),
+        0,
+        "a silent connection was accepted"
+    );
+    // Once it speaks, it is accepted and answered like any other.
+    let startup = sluice::protocol::startup::startup_message(&[
+        ("user", U_SCRAM),
+        ("database", crate::cluster::DATABASE),
+    ]);
+    silent.write_all(&startup).await.unwrap();
+    let mut tag = [0u8; 1];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        silent.read_exact(&mut tag),
+    )
+    .await
+    .expect("an answer to the startup packet")
+    .unwrap();
+    assert_eq!(tag[0], b'R', "an authentication request");
+    assert_eq!(p.shared().client_count(), 1);
+    drop(silent);
+    p.stop().await;
+}
