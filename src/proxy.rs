@@ -242,8 +242,9 @@ fn spawn_tidying(shared: &Arc<Shared>) {
 
 /// Hand over a connection only once its first bytes (the startup packet) have come, as
 /// PgBouncer does by default (`tcp_defer_accept`): accepting and reading the startup then take
-/// one wakeup instead of two. A client that connects and says nothing waits in the kernel,
-/// not in sluice's client count. Linux only; elsewhere, and if refused, accept as usual.
+/// one wakeup instead of two. A client that connects and says nothing waits in the kernel for
+/// a second or two, then is handed over (and meets the login timeout). Linux only; elsewhere,
+/// and if refused, accept as usual.
 fn defer_accept(listener: &TcpListener) {
     #[cfg(target_os = "linux")]
     {
