@@ -288,6 +288,7 @@ struct Bound {
     backend: BackendStatements,
     client_params: std::sync::Arc<Params>,
     server_params: Params,
+    written: BytesMut,
 }
 
 impl Bound {
@@ -298,6 +299,7 @@ impl Bound {
             backend,
             client_params: std::sync::Arc::default(),
             server_params: Params::new(),
+            written: BytesMut::new(),
         }
     }
 
@@ -317,8 +319,6 @@ impl Bound {
             match self.walker.step(&input[n..], inspect) {
                 Step::NeedMore => break,
                 Step::Whole { tag, len } | Step::Start { tag, len } => {
-                    pass(input, out, n);
-                    n = 0;
                     let mut ctx = Ctx {
                         client: &mut self.client,
                         backend: &mut self.backend,
@@ -326,8 +326,23 @@ impl Bound {
                         client_params: &mut self.client_params,
                         server_params: &mut self.server_params,
                     };
-                    match ctx.on_frame(tag, &input[..len], out) {
-                        Handled::Forward => n = len,
+                    // Forwarded frames build up a run moved in one `pass`; what the rewriter
+                    // writes behind a run waits in `written` until the run has gone.
+                    let frame = &input[n..n + len];
+                    let handled = if n == 0 {
+                        ctx.on_frame(tag, frame, out)
+                    } else {
+                        let handled = ctx.on_frame(tag, frame, &mut self.written);
+                        if handled != Handled::Forward || !self.written.is_empty() {
+                            pass(input, out, n);
+                            n = 0;
+                            out.extend_from_slice(&self.written);
+                            self.written.clear();
+                        }
+                        handled
+                    };
+                    match handled {
+                        Handled::Forward => n += len,
                         Handled::Rewritten | Handled::Answered => input.advance(len),
                     }
                 }
