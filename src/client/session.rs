@@ -106,7 +106,7 @@ impl Session {
         // What is alive across two awaits or more gets a slot of its own in every state of
         // this future, the forward's included, and so does a local once it has been borrowed:
         // so the seat is a temporary, and `end` is traced by value and dropped before the
-        // write. (840 bytes instead of 1,056; see benches/README.)
+        // write. (848 bytes instead of 1,056; see benches/README.)
         let mut server = match self.bind(began).await {
             Ok(Seat::Server(server)) => server,
             seat => return Box::pin(self.seat_elsewhere(seat, began)).await,
