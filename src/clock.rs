@@ -74,11 +74,13 @@ impl Instant {
     }
 }
 
+/// Saturates at about 584 years after boot instead of panicking: a deadline that far away
+/// (a timeout configured as "300000d", say, which std's `Instant` would take) never comes.
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
-        self.checked_add(d)
-            .expect("overflow when adding duration to instant")
+        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Instant(self.0.saturating_add(n))
     }
 }
 
@@ -151,5 +153,16 @@ mod tests {
         let mut m = t;
         m += Duration::from_secs(1);
         assert_eq!(m.duration_since(t), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_deadline_beyond_the_clock_saturates_and_still_converts() {
+        // The largest duration the config accepts ("18446744073709551615ms").
+        let far = Instant::now() + Duration::from_millis(u64::MAX);
+        assert_eq!(far, Instant(u64::MAX));
+        assert!(far.duration_since(Instant::now()) > Duration::from_secs(500 * 365 * 86_400));
+        let std_far: std::time::Instant = far.into();
+        assert!(std_far > std::time::Instant::now());
+        let _: tokio::time::Instant = far.into();
     }
 }
