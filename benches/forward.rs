@@ -11,10 +11,10 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use sluice::client::rewrite::{self, ClientState, Ctx, Handled, Rules};
+use sluice::client::rewrite::{self, pass, ClientState, Ctx, Rules};
 use sluice::config::Config;
 use sluice::params::Params;
 use sluice::prepared::{BackendStatements, Registry};
@@ -220,14 +220,6 @@ fn header_walk(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // Frame copy
 
-/// The pump's `pass`: move the first `n` bytes of `input` to the end of `out`.
-#[inline]
-fn pass(input: &mut BytesMut, out: &mut BytesMut, n: usize) {
-    if n > 0 {
-        out.unsplit(input.split_to(n));
-    }
-}
-
 /// The pump's `reserve`: room for the next read, reclaiming the buffer's front in place once
 /// every split taken from it is gone.
 #[inline]
@@ -326,25 +318,7 @@ impl Bound {
                         client_params: &mut self.client_params,
                         server_params: &mut self.server_params,
                     };
-                    // Forwarded frames build up a run moved in one `pass`; what the rewriter
-                    // writes behind a run waits in `written` until the run has gone.
-                    let frame = &input[n..n + len];
-                    let handled = if n == 0 {
-                        ctx.on_frame(tag, frame, out)
-                    } else {
-                        let handled = ctx.on_frame(tag, frame, &mut self.written);
-                        if handled != Handled::Forward || !self.written.is_empty() {
-                            pass(input, out, n);
-                            n = 0;
-                            out.extend_from_slice(&self.written);
-                            self.written.clear();
-                        }
-                        handled
-                    };
-                    match handled {
-                        Handled::Forward => n += len,
-                        Handled::Rewritten | Handled::Answered => input.advance(len),
-                    }
+                    ctx.route(tag, len, input, &mut n, out, &mut self.written);
                 }
                 Step::Continue { len } => n += len,
                 Step::Malformed { .. } => unreachable!("the bench's frames are well formed"),

@@ -518,6 +518,16 @@ mod tests {
         assert!(contains_ci("declare c cursor WITH HOLD for", "with hold"));
 
         let specials = |c: u8| b";'\"-/$".contains(&c);
+        // From every offset of `b`, the search agrees with a plain scan.
+        let agrees_from_every_offset = |b: &[u8], what: &str| {
+            for from in 0..=b.len() {
+                let want = b[from..]
+                    .iter()
+                    .position(|&c| specials(c))
+                    .map(|j| from + j);
+                assert_eq!(find_byte(b, from, 0, SPECIAL), want, "{what} from {from}");
+            }
+        };
         for len in 0..50 {
             for (at, &mark) in (0..=len).zip(b";'\"-/$x".iter().cycle()) {
                 let mut b = vec![b'x'; len];
@@ -538,17 +548,7 @@ mod tests {
                     want_upper,
                     "len {len} at {at}"
                 );
-                for from in 0..=len {
-                    let want = b[from..]
-                        .iter()
-                        .position(|&c| specials(c))
-                        .map(|j| from + j);
-                    assert_eq!(
-                        find_byte(&b, from, 0, SPECIAL),
-                        want,
-                        "len {len} from {from}"
-                    );
-                }
+                agrees_from_every_offset(&b, &format!("len {len} at {at}"));
             }
         }
         // Two hits, searched from every offset: one before `from` must not count, which the
@@ -558,17 +558,7 @@ mod tests {
                 for q in p + 1..len {
                     let mut b = vec![b'x'; len];
                     (b[p], b[q]) = (b'$', b';');
-                    for from in 0..=len {
-                        let want = b[from..]
-                            .iter()
-                            .position(|&c| specials(c))
-                            .map(|j| from + j);
-                        assert_eq!(
-                            find_byte(&b, from, 0, SPECIAL),
-                            want,
-                            "{len} {p} {q} {from}"
-                        );
-                    }
+                    agrees_from_every_offset(&b, &format!("len {len} hits {p} {q}"));
                 }
             }
         }

@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::rewrite::{self, ClientState, Ctx, Handled, Rules};
+use super::rewrite::{self, pass, ClientState, Ctx, Handled, Rules};
 use super::transaction::TxState;
 use crate::admin::tally::Tally;
 use crate::cancel::{send_cancel, CancelTarget};
@@ -331,15 +331,6 @@ fn drained(buf: &mut BytesMut, n: usize) {
     }
 }
 
-/// Move the first `n` bytes of `input` to the end of `out` (without copying when they are
-/// contiguous, which they are in the common case).
-#[inline]
-fn pass(input: &mut BytesMut, out: &mut BytesMut, n: usize) {
-    if n > 0 {
-        out.unsplit(input.split_to(n));
-    }
-}
-
 impl Flow<'_, '_> {
     /// Add the counts so far to the pool's meters (see `Tally::flush`).
     fn flush_tally(&mut self) {
@@ -395,9 +386,6 @@ impl Flow<'_, '_> {
                         n += len;
                         continue;
                     };
-                    // Forwarded messages join the run of bytes `pass` moves in one go; only
-                    // a message the rewriter answers, replaces or adds to ends the run (what
-                    // it writes must follow the bytes before it).
                     let mut ctx = Ctx {
                         client: state,
                         backend: self.statements,
@@ -405,30 +393,9 @@ impl Flow<'_, '_> {
                         client_params: self.client_params,
                         server_params: self.server_params,
                     };
-                    // With no run waiting, the rewriter writes straight to `out`.
-                    let frame = &input[n..n + len];
-                    let handled = if n == 0 {
-                        ctx.on_frame(tag, frame, out)
-                    } else {
-                        let handled = ctx.on_frame(tag, frame, &mut self.written);
-                        if handled != Handled::Forward || !self.written.is_empty() {
-                            pass(input, out, n);
-                            n = 0;
-                            out.extend_from_slice(&self.written);
-                            self.written.clear();
-                        }
-                        handled
-                    };
-                    match handled {
-                        Handled::Forward => {
-                            self.tx.on_client(tag);
-                            n += len;
-                        }
-                        Handled::Rewritten => {
-                            self.tx.on_client(tag);
-                            input.advance(len);
-                        }
-                        Handled::Answered => input.advance(len),
+                    let handled = ctx.route(tag, len, input, &mut n, out, &mut self.written);
+                    if handled != Handled::Answered {
+                        self.tx.on_client(tag);
                     }
                 }
                 Step::Continue { len } => n += len,

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::classify::{classify, session_state, single_statement, Effect};
 use super::expect::{Expect, Kind, Tracker};
@@ -85,7 +85,49 @@ pub struct Ctx<'a, 'r> {
     pub server_params: &'a mut Params,
 }
 
+/// Move the first `n` bytes of `input` to the end of `out` (without copying when they are
+/// contiguous, which they are in the common case).
+#[inline]
+pub fn pass(input: &mut BytesMut, out: &mut BytesMut, n: usize) {
+    if n > 0 {
+        out.unsplit(input.split_to(n));
+    }
+}
+
 impl Ctx<'_, '_> {
+    /// Handle the client frame at `input[*run..*run + len]`, behind a run of `*run` bytes
+    /// forwarded unchanged and not yet moved to `out`. A forwarded frame joins the run, which
+    /// the caller moves with one `pass`; a frame rewritten or answered ends it and leaves
+    /// `input`. What the rewriter writes must follow the run, so behind one it waits in
+    /// `written` (empty between calls); with no run waiting it goes straight to `out`.
+    pub fn route(
+        &mut self,
+        tag: u8,
+        len: usize,
+        input: &mut BytesMut,
+        run: &mut usize,
+        out: &mut BytesMut,
+        written: &mut BytesMut,
+    ) -> Handled {
+        let frame = &input[*run..*run + len];
+        let handled = if *run == 0 {
+            self.on_frame(tag, frame, out)
+        } else {
+            let handled = self.on_frame(tag, frame, written);
+            if handled != Handled::Forward || !written.is_empty() {
+                pass(input, out, std::mem::take(run));
+                out.extend_from_slice(written);
+                written.clear();
+            }
+            handled
+        };
+        match handled {
+            Handled::Forward => *run += len,
+            Handled::Rewritten | Handled::Answered => input.advance(len),
+        }
+        handled
+    }
+
     /// Handle one client frame (`frame` is whole for the tags in `needs_whole`, else only its
     /// first bytes). Anything written goes to `out` in stream order.
     pub fn on_frame(&mut self, tag: u8, frame: &[u8], out: &mut BytesMut) -> Handled {
