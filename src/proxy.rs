@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{Admitted, Door, Refusal};
 use crate::cancel::CancelRegistry;
 use crate::client::{self, ClientSecrets};
+use crate::config::live::Live;
 use crate::config::Config;
 use crate::pool::{PoolSet, PoolSettings};
 use crate::prepared::Registry;
@@ -25,7 +25,7 @@ const FD_RESERVE: usize = 64;
 
 /// What every client task of one proxy shares.
 pub struct Shared {
-    pub config: ArcSwap<Config>,
+    pub config: Live<Config>,
     pub pools: Arc<PoolSet>,
     pub cancels: CancelRegistry,
     pub secrets: ClientSecrets,
@@ -176,7 +176,7 @@ impl Proxy {
         let reloader = crate::reload::Reloader::new(&config);
         pools.spawn_maintenance();
         let shared = Arc::new(Shared {
-            config: ArcSwap::from_pointee(config),
+            config: Live::new(config),
             pools,
             cancels: CancelRegistry::default(),
             secrets: ClientSecrets::default(),

@@ -125,6 +125,7 @@ fn start_session(
         client: stream,
         input: startup.input,
         walker: FrameWalker::new(shared.config.load().limits.max_message_size),
+        config: shared.config.hold(),
         pool: startup.pool,
         mode: startup.mode,
         params: startup.params,

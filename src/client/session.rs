@@ -18,7 +18,8 @@ use super::rewrite::{ClientState, Rules};
 use super::transaction::TxState;
 use crate::admin::tally::Tally;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
-use crate::config::PoolMode;
+use crate::config::live::Held;
+use crate::config::{Config, PoolMode};
 use crate::params::{self, Params};
 use crate::pool::{CheckoutError, Event, PoolId, Seat, Shed};
 use crate::protocol::error::{code, PgError};
@@ -32,6 +33,8 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Session {
     pub shared: Arc<Shared>,
+    /// The configuration as of this client's last request (see `config::live`).
+    pub config: Held<Config>,
     pub client: TcpStream,
     pub input: BytesMut,
     pub walker: FrameWalker,
@@ -177,11 +180,11 @@ impl Session {
         tx: &mut TxState,
         release: bool,
     ) -> (Ended, BytesMut) {
-        // An Arc, not arc-swap's guard: a guard held across the forward's awaits takes one of
-        // the thread's eight fast slots, and with more transactions than that in flight every
-        // further load fell back to arc-swap's slow path.
-        let config = self.shared.config.load_full();
-        let rules = Rules::new(&self.shared.statements, &config, &self.extra_params);
+        // The session's own Arc, not arc-swap's guard: a guard held across the forward's
+        // awaits takes one of the thread's eight fast slots, and with more transactions than
+        // that in flight every further load fell back to arc-swap's slow path.
+        let config = self.config.refresh(&self.shared.config);
+        let rules = Rules::new(&self.shared.statements, config, &self.extra_params);
         let transaction_mode = self.mode == PoolMode::Transaction;
         let timeouts = Timeouts {
             idle_transaction: config.pool.idle_transaction_timeout,
@@ -212,7 +215,11 @@ impl Session {
     /// Wait for the client to send something; false when it left or idled past
     /// `pool.client_idle_timeout` (it is told so).
     async fn wait_readable(&mut self) -> bool {
-        let idle = self.shared.config.load().pool.client_idle_timeout;
+        let idle = self
+            .config
+            .refresh(&self.shared.config)
+            .pool
+            .client_idle_timeout;
         if idle.is_zero() || !self.input.is_empty() {
             // poll_read_ready instead of readable(): same wait, but no 150-byte future in
             // every idle client's state.
@@ -241,8 +248,8 @@ impl Session {
     /// the client left; None: a backend is needed.
     async fn answer_locally(&mut self) -> Option<bool> {
         loop {
-            let config = self.shared.config.load();
-            let rules = Rules::new(&self.shared.statements, &config, &self.extra_params);
+            let config = self.config.refresh(&self.shared.config);
+            let rules = Rules::new(&self.shared.statements, config, &self.extra_params);
             let mut out = BytesMut::new();
             match local::answer(&self.input, &mut self.state, &rules, &mut out) {
                 Local::Answered(n) => {
@@ -291,14 +298,17 @@ impl Session {
         }
     }
 
-    fn max_message_size(&self) -> usize {
-        self.shared.config.load().limits.max_message_size
+    fn max_message_size(&mut self) -> usize {
+        self.config
+            .refresh(&self.shared.config)
+            .limits
+            .max_message_size
     }
 
     /// Check out a backend, asked for at `started`, and make its parameters the client's; or,
     /// where the pool pipelines, a seat on another client's backend.
     async fn bind(&mut self, started: Instant) -> Result<Seat, PgError> {
-        let queue_timeout = self.shared.config.load().pool.queue_timeout;
+        let queue_timeout = self.config.refresh(&self.shared.config).pool.queue_timeout;
         let offer = || self.ride_request();
         let seat = self
             .shared

@@ -7,6 +7,7 @@
 
 pub mod diff;
 mod effective;
+pub mod live;
 mod load;
 pub mod units;
 
