@@ -1,14 +1,15 @@
 //! Hot reload against real PostgreSQL under load: growth takes effect without errors,
 //! shrinking never interrupts a transaction, an invalid file changes nothing, the 100 -> 10
 //! cut is refused, the same cut with the guard raised is applied and then rolled back by
-//! sluice when errors spike, and no client is dropped by any of it.
+//! sluice when errors spike, no client is dropped by any of it, and a client connected before
+//! a reload gets its settings at its next request.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::PASSWORD;
-use crate::harness::{connect_with, proxy, ProxyBuilder, TestProxy};
+use crate::harness::{connect_with, proxy, sqlstate, ProxyBuilder, TestProxy};
 use crate::pools::{role, Sampler};
 
 fn base(user: &str) -> ProxyBuilder {
@@ -254,4 +255,26 @@ async fn a_file_changed_in_several_writes_reloads_once() {
         history.iter().all(|r| !r.outcome.starts_with("refused")),
         "no half-written file applied: {history:?}"
     );
+}
+
+/// A client connected before a reload gets the new settings at its next request: each session
+/// keeps its own copy of the configuration and must see that a newer one is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_query_timeout_reaches_clients_connected_before_the_reload() {
+    let u = role("u_reload_timeout");
+    let p = base(&u).start().await;
+    let c = p.connect(&u).await.unwrap();
+    // No timeout yet: a 0.5 s statement runs to its end, and the session's copy is taken.
+    c.query_typed("select pg_sleep(0.5)", &[]).await.unwrap();
+    p.reload_with(&base(&u).pool("query_timeout = \"300ms\""), false)
+        .unwrap();
+    let started = Instant::now();
+    let err = c.query_typed("select pg_sleep(10)", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.stats()[0].query_timeouts, 1);
 }
