@@ -88,9 +88,8 @@ fn batch_end(input: &[u8], rules: &Rules<'_>) -> Option<Option<usize>> {
             // before the query text is checked for UTF-8 and scanned.
             ftag::PARSE => {
                 body(frame).first().is_some_and(|&b| b != 0)
-                    && parse_parse(body(frame)).is_some_and(|p| {
-                        !p.name.is_empty() && session_state(p.query, rules.extra).is_none()
-                    })
+                    && parse_parse(body(frame))
+                        .is_some_and(|p| session_state(p.query, rules.extra).is_none())
             }
             ftag::CLOSE => parse_target(body(frame))
                 .is_some_and(|(kind, name)| kind == b'S' && !name.is_empty()),

@@ -119,13 +119,14 @@ fn start_session(
             .name(startup.params.get("application_name").unwrap_or("")),
     });
     let fd = stream.as_raw_fd();
+    let config = shared.config.hold();
     let session = Session {
         tally: Tally::new(meters, registration.entry.clone()),
         shared: shared.clone(),
         client: stream,
         input: startup.input,
-        walker: FrameWalker::new(shared.config.load().limits.max_message_size),
-        config: shared.config.hold(),
+        walker: FrameWalker::new(config.get().limits.max_message_size),
+        config,
         pool: startup.pool,
         mode: startup.mode,
         params: startup.params,
