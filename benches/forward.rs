@@ -418,7 +418,7 @@ fn name_rewriting(c: &mut Criterion) {
         round_trip("BDES", "", 6)
     );
     // The shared statement as this backend knows it, for the "new client" case.
-    let stmt_id = warm.client.statements[name].id;
+    let stmt_id = warm.client.statements[name.as_bytes()].id;
     let backend_with_stmt = || {
         let mut b = BackendStatements::default();
         b.insert(stmt_id, config.pool.max_prepared_statements);

@@ -398,3 +398,110 @@ async fn session_state_allowed_passes_through_unpinned() {
         );
     }
 }
+
+/// psql as a LATIN1 client (`client_encoding = LATIN1`): `script` goes in on stdin as raw
+/// bytes, which are not UTF-8 where they spell a letter past ASCII.
+async fn latin1_psql(p: &TestProxy, script: &[u8]) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new("psql")
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &p.url(U_PLAIN2)])
+        .env("PGCLIENTENCODING", "LATIN1")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running psql");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(script).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("psql finished")
+        .unwrap()
+}
+
+/// `SET search_path TO "café", public` with the é as LATIN1's one byte 0xE9: not UTF-8.
+const LATIN1_SET: &[u8] = b"SET search_path TO \"caf\xe9\", public;\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_in_a_latin1_query_is_refused_like_any_other() {
+    let p = state_proxy("error").await;
+    let out = latin1_psql(&p, LATIN1_SET).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the SET ran: {err}");
+    assert!(err.contains("pool.session_state"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_in_a_latin1_query_pins_and_never_reaches_another_client() {
+    let p = state_proxy("pin").await;
+    // a sets its search_path in LATIN1 and stays connected for two seconds.
+    let mut script = LATIN1_SET.to_vec();
+    script.extend_from_slice(b"\\! sleep 2\nshow search_path;\n");
+    let a = latin1_psql(&p, &script);
+    let b = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let b = p.connect(U_PLAIN2).await.unwrap();
+        b.simple_query("show search_path").await
+    };
+    let (a, b) = tokio::join!(a, b);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    // a kept its backend and its setting (shown back to it in LATIN1)...
+    assert_eq!(a.stdout, b"SET\n\"caf\xe9\", public\n");
+    // ...so the pool of one had nothing for b while a was connected, rather than a backend
+    // with a's search_path on it.
+    match b {
+        Err(err) => assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}"),
+        Ok(rows) => panic!("b was served while a held the only backend: {rows:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_with_latin1_text_are_renamed_and_shared() {
+    // pgbench -M prepared names its statements and sends this text as it is: in LATIN1, with
+    // the é as one byte. Two clients over a pool of one use the statement on one backend.
+    let p = proxy()
+        .pool("size = 1")
+        .pool("queue_timeout = \"30s\"")
+        .start()
+        .await;
+    let dir = std::env::temp_dir().join(format!("sluice-latin1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("latin1.sql");
+    // length() counts characters: 4 only when the server read the text as LATIN1.
+    std::fs::write(
+        &script,
+        b"SELECT length('caf\xe9') AS n \\gset\n\\if :n != 4\nSELECT 1/0;\n\\endif\n",
+    )
+    .unwrap();
+    let run = Command::new("pgbench")
+        .args([
+            "-M", "prepared", "-c", "2", "-j", "1", "-t", "50", "-n", "-f",
+        ])
+        .arg(&script)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.port().to_string(),
+            "-U",
+            U_PLAIN2,
+        ])
+        .arg(crate::cluster::DATABASE)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCLIENTENCODING", "LATIN1")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("number of transactions actually processed: 100/100"),
+        "{out}\n{err}"
+    );
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+}

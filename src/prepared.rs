@@ -61,7 +61,8 @@ impl std::fmt::Display for ServerName {
 #[derive(Debug)]
 pub struct Statement {
     pub id: u64,
-    pub query: String,
+    /// The text as the client sent it, in its `client_encoding`.
+    pub query: Vec<u8>,
     pub param_types: Vec<u8>,
     /// Set when a backend reported its plan stale ("cached plan must not change result
     /// type"): clients move to a fresh statement at their next use.
@@ -94,7 +95,7 @@ impl Statement {
     }
 }
 
-type Key = (String, Vec<u8>);
+type Key = (Vec<u8>, Vec<u8>);
 
 /// The registry's memory cap was reached by statements clients still use.
 #[derive(Debug)]
@@ -122,11 +123,11 @@ impl Registry {
     /// The shared statement for this query and parameter types, made if new.
     pub fn statement(
         &self,
-        query: &str,
+        query: &[u8],
         param_types: &[u8],
     ) -> Result<Arc<Statement>, RegistryFull> {
         let mut map = self.map.lock().unwrap();
-        let key = (query.to_string(), param_types.to_vec());
+        let key = (query.to_vec(), param_types.to_vec());
         if let Some(s) = map.get(&key) {
             return Ok(s.clone());
         }
@@ -297,9 +298,9 @@ mod tests {
     #[test]
     fn same_query_and_types_share_one_statement() {
         let r = Registry::new(1 << 20);
-        let a = r.statement("select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
-        let b = r.statement("select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
-        let c = r.statement("select $1", &[0, 1, 0, 0, 0, 25]).unwrap();
+        let a = r.statement(b"select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
+        let b = r.statement(b"select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
+        let c = r.statement(b"select $1", &[0, 1, 0, 0, 0, 25]).unwrap();
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         assert_eq!(r.len(), 2);
@@ -309,12 +310,12 @@ mod tests {
     #[test]
     fn memory_cap_drops_unused_then_refuses() {
         let r = Registry::new(700);
-        let held = r.statement(&"x".repeat(200), &[]).unwrap();
-        drop(r.statement(&"y".repeat(200), &[]).unwrap());
+        let held = r.statement("x".repeat(200).as_bytes(), &[]).unwrap();
+        drop(r.statement("y".repeat(200).as_bytes(), &[]).unwrap());
         // Over the cap: the unused "y" goes, the held "x" stays.
-        let z = r.statement(&"z".repeat(200), &[]).unwrap();
+        let z = r.statement("z".repeat(200).as_bytes(), &[]).unwrap();
         assert_eq!(r.len(), 2);
-        let err = r.statement(&"w".repeat(200), &[]).unwrap_err();
+        let err = r.statement("w".repeat(200).as_bytes(), &[]).unwrap_err();
         assert_eq!(err.limit, 700);
         drop((held, z));
     }
@@ -322,10 +323,10 @@ mod tests {
     #[test]
     fn retired_statements_are_replaced_by_fresh_ones() {
         let r = Registry::new(1 << 20);
-        let a = r.statement("select 1", &[]).unwrap();
+        let a = r.statement(b"select 1", &[]).unwrap();
         r.retire(&a);
         assert!(a.is_retired());
-        let b = r.statement("select 1", &[]).unwrap();
+        let b = r.statement(b"select 1", &[]).unwrap();
         assert_ne!(a.id, b.id);
     }
 

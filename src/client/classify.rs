@@ -1,6 +1,11 @@
 //! A look at a statement's first keywords, enough to tell whether it leaves session state on
 //! a backend that transaction pooling would hand to the next client, or manages prepared
 //! statements. Not a SQL parser: it reads past whitespace and comments, then a few words.
+//!
+//! It reads bytes, not `str`: the text is in the client's `client_encoding`, which need not be
+//! UTF-8 (LATIN1, WIN1252, SJIS ...). Every encoding PostgreSQL accepts from a client keeps
+//! ASCII's quotes, semicolons, whitespace and comment marks as themselves (no multibyte
+//! character has one as a byte), so the scan means the same in all of them.
 
 use crate::params;
 
@@ -12,7 +17,7 @@ pub enum Effect<'a> {
     /// Session state a shared backend would carry to the next client; the text names it.
     SessionState(String),
     /// `DEALLOCATE [PREPARE] name`.
-    Deallocate(&'a str),
+    Deallocate(&'a [u8]),
     /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
     /// `DISCARD ALL`.
@@ -23,13 +28,13 @@ pub enum Effect<'a> {
 
 /// Classify one statement's text. `extra` lists the tracked parameters beyond the built-in
 /// ones.
-pub fn classify<'a>(sql: &'a str, extra: &[String]) -> Effect<'a> {
+pub fn classify<'a>(sql: &'a [u8], extra: &[String]) -> Effect<'a> {
     let mut words = Words::new(sql);
     let Some(first) = words.next() else {
         return Effect::None;
     };
     // Compared in place: uppercasing into a String would allocate for every statement.
-    let is = |keyword: &str| first.eq_ignore_ascii_case(keyword);
+    let is = |keyword: &str| first.eq_ignore_ascii_case(keyword.as_bytes());
     let effect = if is("SET") {
         set(&mut words, extra)
     } else if is("RESET") {
@@ -38,7 +43,7 @@ pub fn classify<'a>(sql: &'a str, extra: &[String]) -> Effect<'a> {
         state("LISTEN")
     } else if is("PREPARE") {
         match words.next() {
-            Some(w) if w.eq_ignore_ascii_case("TRANSACTION") => Effect::None,
+            Some(w) if w.eq_ignore_ascii_case(b"TRANSACTION") => Effect::None,
             _ => state("PREPARE"),
         }
     } else if is("DECLARE") && contains_ci(sql, "with hold") {
@@ -49,7 +54,7 @@ pub fn classify<'a>(sql: &'a str, extra: &[String]) -> Effect<'a> {
         deallocate(&mut words)
     } else if is("DISCARD") {
         match words.next() {
-            Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::DiscardAll,
+            Some(w) if w.eq_ignore_ascii_case(b"ALL") => Effect::DiscardAll,
             _ => Effect::None,
         }
     } else {
@@ -71,54 +76,57 @@ fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
     let Some(w) = words.next() else {
         return Effect::None;
     };
-    let is = |keyword: &str| w.eq_ignore_ascii_case(keyword);
+    let is = |keyword: &str| w.eq_ignore_ascii_case(keyword.as_bytes());
     let name = if is("LOCAL") || is("TRANSACTION") || is("CONSTRAINTS") {
         return Effect::None;
     } else if is("ROLE") {
         return state("SET ROLE");
     } else if is("SESSION") {
         match words.next() {
-            Some(n) if n.eq_ignore_ascii_case("AUTHORIZATION") => {
+            Some(n) if n.eq_ignore_ascii_case(b"AUTHORIZATION") => {
                 return state("SET SESSION AUTHORIZATION")
             }
-            Some(n) if n.eq_ignore_ascii_case("CHARACTERISTICS") => {
+            Some(n) if n.eq_ignore_ascii_case(b"CHARACTERISTICS") => {
                 return state("SET SESSION CHARACTERISTICS")
             }
             Some(n) => n,
             None => return Effect::None,
         }
     } else if is("TIME") {
-        "TimeZone"
+        b"TimeZone"
     } else {
         w
     };
-    let name = name.trim_matches('"');
+    let name = unquote(name);
     // Parameters PostgreSQL reports back are followed through ParameterStatus; others
-    // would stay behind on the backend.
-    if params::is_reported(name) && params::is_tracked(name, extra) {
-        Effect::None
-    } else {
-        Effect::SessionState(format!("SET {name}"))
+    // would stay behind on the backend. (A name that is not UTF-8 is no parameter sluice
+    // follows.)
+    match std::str::from_utf8(name) {
+        Ok(name) if params::is_reported(name) && params::is_tracked(name, extra) => Effect::None,
+        _ => Effect::SessionState(format!("SET {}", String::from_utf8_lossy(name))),
     }
+}
+
+/// A word without the double quotes around it, if it has them.
+fn unquote(w: &[u8]) -> &[u8] {
+    let w = w.strip_prefix(b"\"").unwrap_or(w);
+    w.strip_suffix(b"\"").unwrap_or(w)
 }
 
 fn reset<'a>(words: &mut Words<'_>) -> Effect<'a> {
     match words.next() {
-        Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::ResetAll,
-        Some(w) if w.eq_ignore_ascii_case("ROLE") || w.eq_ignore_ascii_case("SESSION") => {
-            Effect::None
-        }
+        Some(w) if w.eq_ignore_ascii_case(b"ALL") => Effect::ResetAll,
         _ => Effect::None,
     }
 }
 
 fn create<'a>(words: &mut Words<'_>) -> Effect<'a> {
     let mut w = words.next();
-    if w.is_some_and(|w| w.eq_ignore_ascii_case("LOCAL") || w.eq_ignore_ascii_case("GLOBAL")) {
+    if w.is_some_and(|w| w.eq_ignore_ascii_case(b"LOCAL") || w.eq_ignore_ascii_case(b"GLOBAL")) {
         w = words.next();
     }
     match w {
-        Some(w) if w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY") => {
+        Some(w) if w.eq_ignore_ascii_case(b"TEMP") || w.eq_ignore_ascii_case(b"TEMPORARY") => {
             state("CREATE TEMP")
         }
         _ => Effect::None,
@@ -127,12 +135,12 @@ fn create<'a>(words: &mut Words<'_>) -> Effect<'a> {
 
 fn deallocate<'a>(words: &mut Words<'a>) -> Effect<'a> {
     let mut w = words.next();
-    if w.is_some_and(|w| w.eq_ignore_ascii_case("PREPARE")) {
+    if w.is_some_and(|w| w.eq_ignore_ascii_case(b"PREPARE")) {
         w = words.next();
     }
     match w {
-        Some(w) if w.eq_ignore_ascii_case("ALL") => Effect::DeallocateAll,
-        Some(w) if words.next().is_none() => Effect::Deallocate(w.trim_matches('"')),
+        Some(w) if w.eq_ignore_ascii_case(b"ALL") => Effect::DeallocateAll,
+        Some(w) if words.next().is_none() => Effect::Deallocate(unquote(w)),
         _ => Effect::None,
     }
 }
@@ -140,8 +148,8 @@ fn deallocate<'a>(words: &mut Words<'a>) -> Effect<'a> {
 /// ASCII case-insensitive substring search for a needle that ends with a letter. Only where
 /// the haystack has that letter (`| 0x20` folds only letters onto the lowercase letter) is a
 /// window compared; a statement without it is passed over 16 bytes at a time.
-fn contains_ci(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+fn contains_ci(h: &[u8], needle: &str) -> bool {
+    let n = needle.as_bytes();
     let last = n[n.len() - 1].to_ascii_lowercase();
     debug_assert!(last.is_ascii_lowercase());
     let mut from = n.len() - 1;
@@ -220,21 +228,23 @@ static WORD: [bool; 256] = {
 /// Words of a statement: identifiers, keywords and quoted identifiers, skipping whitespace,
 /// comments and punctuation. A trailing semicolon ends the statement.
 struct Words<'a> {
-    rest: &'a str,
+    rest: &'a [u8],
 }
 
 impl<'a> Words<'a> {
-    fn new(sql: &'a str) -> Self {
+    fn new(sql: &'a [u8]) -> Self {
         Words { rest: sql }
     }
 
+    /// Past whitespace (PostgreSQL's: space, tab, newline, carriage return, form feed) and
+    /// comments.
     fn skip_space(&mut self) {
         loop {
-            let trimmed = self.rest.trim_start();
-            if let Some(after) = trimmed.strip_prefix("--") {
-                self.rest = after.split_once('\n').map_or("", |(_, r)| r);
-            } else if let Some(after) = trimmed.strip_prefix("/*") {
-                self.rest = after.split_once("*/").map_or("", |(_, r)| r);
+            let trimmed = self.rest.trim_ascii_start();
+            if let Some(after) = trimmed.strip_prefix(b"--") {
+                self.rest = after_first(after, b"\n");
+            } else if let Some(after) = trimmed.strip_prefix(b"/*") {
+                self.rest = after_first(after, b"*/");
             } else {
                 self.rest = trimmed;
                 return;
@@ -243,18 +253,31 @@ impl<'a> Words<'a> {
     }
 }
 
-impl<'a> Iterator for Words<'a> {
-    type Item = &'a str;
+/// What follows the first `pat` in `s`; empty when it does not occur.
+fn after_first<'a>(s: &'a [u8], pat: &[u8]) -> &'a [u8] {
+    find(s, pat).map_or(&[], |i| &s[i + pat.len()..])
+}
 
-    fn next(&mut self) -> Option<&'a str> {
+/// The offset of the first `pat` in `s`.
+fn find(s: &[u8], pat: &[u8]) -> Option<usize> {
+    match *pat {
+        [one] => s.iter().position(|&b| b == one),
+        _ => s.windows(pat.len()).position(|w| w == pat),
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
         self.skip_space();
         let s = self.rest;
-        if let Some(inner) = s.strip_prefix('"') {
-            let end = inner.find('"').map_or(s.len(), |i| i + 2);
+        if let Some(inner) = s.strip_prefix(b"\"") {
+            let end = find(inner, b"\"").map_or(s.len(), |i| i + 2);
             self.rest = &s[end..];
             return Some(&s[..end]);
         }
-        let end = s.bytes().position(|b| !WORD[b as usize]).unwrap_or(s.len());
+        let end = s.iter().position(|&b| !WORD[b as usize]).unwrap_or(s.len());
         if end == 0 {
             return None;
         }
@@ -264,7 +287,7 @@ impl<'a> Iterator for Words<'a> {
 }
 
 /// The session state any statement of a (possibly multi-statement) Query leaves, if any.
-pub fn session_state(sql: &str, extra: &[String]) -> Option<String> {
+pub fn session_state(sql: &[u8], extra: &[String]) -> Option<String> {
     statements(sql).find_map(|s| match classify(s, extra) {
         Effect::SessionState(what) => Some(what),
         _ => None,
@@ -278,16 +301,15 @@ pub fn session_state(sql: &str, extra: &[String]) -> Option<String> {
 /// `classify` finds harmless. Text this scanner could misread is refused outright: nested
 /// comments, backslashes (E'' strings, standard_conforming_strings off) and U& escapes.
 /// Anything else waits for a backend of its own.
-pub fn rideable(sql: &str, extra: &[String]) -> bool {
-    let b = sql.as_bytes();
-    let unicode_escape = b.windows(2).any(|w| w[0] | 0x20 == b'u' && w[1] == b'&');
-    if b.contains(&b'\\') || unicode_escape || nests_comments(sql) {
+pub fn rideable(sql: &[u8], extra: &[String]) -> bool {
+    let unicode_escape = sql.windows(2).any(|w| w[0] | 0x20 == b'u' && w[1] == b'&');
+    if sql.contains(&b'\\') || unicode_escape || nests_comments(sql) {
         return false;
     }
     let Some(first) = Words::new(sql).next() else {
         return false;
     };
-    let is = |keyword: &str| first.eq_ignore_ascii_case(keyword);
+    let is = |keyword: &str| first.eq_ignore_ascii_case(keyword.as_bytes());
     let kind = (is("SELECT") && !contains_ci(sql, "into"))
         || is("VALUES")
         || is("TABLE")
@@ -302,11 +324,11 @@ pub fn rideable(sql: &str, extra: &[String]) -> bool {
 
 /// Does a block comment open inside another? PostgreSQL nests them; this scanner does not.
 /// (Looked at without regard to quotes: a false alarm only keeps a query from riding.)
-fn nests_comments(sql: &str) -> bool {
+fn nests_comments(sql: &[u8]) -> bool {
     let mut rest = sql;
-    while let Some(open) = rest.find("/*") {
+    while let Some(open) = find(rest, b"/*") {
         rest = &rest[open + 2..];
-        match (rest.find("/*"), rest.find("*/")) {
+        match (find(rest, b"/*"), find(rest, b"*/")) {
             (Some(inner), Some(close)) if inner < close => return true,
             (Some(_), None) => return true,
             (_, Some(close)) => rest = &rest[close + 2..],
@@ -317,12 +339,15 @@ fn nests_comments(sql: &str) -> bool {
 }
 
 /// Is this Query text a single statement (at most one trailing semicolon)?
-pub fn single_statement(sql: &str) -> bool {
-    statements(sql).filter(|s| !s.trim().is_empty()).count() <= 1
+pub fn single_statement(sql: &[u8]) -> bool {
+    statements(sql)
+        .filter(|s| !s.trim_ascii().is_empty())
+        .count()
+        <= 1
 }
 
 /// The statements of a Query, split at semicolons outside quotes, dollar quotes and comments.
-pub fn statements(sql: &str) -> impl Iterator<Item = &str> {
+pub fn statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = sql;
     std::iter::from_fn(move || {
         if rest.is_empty() {
@@ -330,7 +355,7 @@ pub fn statements(sql: &str) -> impl Iterator<Item = &str> {
         }
         let end = statement_end(rest);
         let (stmt, tail) = rest.split_at(end);
-        rest = tail.strip_prefix(';').unwrap_or(tail);
+        rest = tail.strip_prefix(b";").unwrap_or(tail);
         Some(stmt)
     })
 }
@@ -339,8 +364,7 @@ pub fn statements(sql: &str) -> impl Iterator<Item = &str> {
 const SPECIAL: &[u8] = b";'\"-/$";
 
 /// Byte offset of the first top-level semicolon (or the end).
-fn statement_end(sql: &str) -> usize {
-    let b = sql.as_bytes();
+fn statement_end(b: &[u8]) -> usize {
     let mut i = 0;
     while i < b.len() {
         // Most bytes mean nothing here: pass them in a tight loop.
@@ -348,18 +372,16 @@ fn statement_end(sql: &str) -> usize {
             Some(j) => i = j,
             None => return b.len(),
         }
-        let skip_to = |from: usize, pat: &str| {
-            sql[from..]
-                .find(pat)
-                .map_or(b.len(), |j| from + j + pat.len())
+        let skip_to = |from: usize, pat: &[u8]| {
+            find(&b[from..], pat).map_or(b.len(), |j| from + j + pat.len())
         };
         i = match b[i] {
             b';' => return i,
-            b'\'' => skip_to(i + 1, "'"),
-            b'"' => skip_to(i + 1, "\""),
-            b'-' if b.get(i + 1) == Some(&b'-') => skip_to(i + 2, "\n"),
-            b'/' if b.get(i + 1) == Some(&b'*') => skip_to(i + 2, "*/"),
-            b'$' => match dollar_tag(&sql[i..]) {
+            b'\'' => skip_to(i + 1, b"'"),
+            b'"' => skip_to(i + 1, b"\""),
+            b'-' if b.get(i + 1) == Some(&b'-') => skip_to(i + 2, b"\n"),
+            b'/' if b.get(i + 1) == Some(&b'*') => skip_to(i + 2, b"*/"),
+            b'$' => match dollar_tag(&b[i..]) {
                 Some(tag) => skip_to(i + tag.len(), tag),
                 None => i + 1,
             },
@@ -369,10 +391,12 @@ fn statement_end(sql: &str) -> usize {
     b.len()
 }
 
-/// A dollar-quote opener ("$$" or "$name$") at the start of `s`.
-fn dollar_tag(s: &str) -> Option<&str> {
-    let end = s[1..].find(|c: char| !(c.is_alphanumeric() || c == '_'))? + 1;
-    (s.as_bytes().get(end) == Some(&b'$')).then(|| &s[..=end])
+/// A dollar-quote opener ("$$" or "$name$") at the start of `s`. The name's bytes are an
+/// identifier's: letters, digits, `_` and every byte past ASCII.
+fn dollar_tag(s: &[u8]) -> Option<&[u8]> {
+    let tag_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let end = s[1..].iter().position(|&c| !tag_byte(c))? + 1;
+    (s.get(end) == Some(&b'$')).then(|| &s[..=end])
 }
 
 #[cfg(test)]
@@ -380,12 +404,12 @@ mod tests {
     use super::*;
 
     fn c(sql: &str) -> Effect<'_> {
-        classify(sql, &[])
+        classify(sql.as_bytes(), &[])
     }
 
     #[test]
     fn only_single_statements_that_end_idle_and_unchanged_ride() {
-        let ride = |sql: &str| rideable(sql, &[]);
+        let ride = |sql: &str| rideable(sql.as_bytes(), &[]);
         for yes in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
             " /* c */ select 1",
@@ -474,27 +498,55 @@ mod tests {
     fn every_statement_of_a_query_is_looked_at() {
         let sql = "BEGIN; DECLARE hc CURSOR WITH HOLD FOR select 1; COMMIT";
         assert_eq!(
-            session_state(sql, &[]).as_deref(),
+            session_state(sql.as_bytes(), &[]).as_deref(),
             Some("DECLARE ... WITH HOLD")
         );
-        assert_eq!(session_state("select ';'; select $x$;listen$x$", &[]), None);
         assert_eq!(
-            session_state("select 1 -- ;\n; LISTEN a", &[]).as_deref(),
+            session_state(b"select ';'; select $x$;listen$x$", &[]),
+            None
+        );
+        assert_eq!(
+            session_state(b"select 1 -- ;\n; LISTEN a", &[]).as_deref(),
             Some("LISTEN")
         );
-        let parts: Vec<&str> = statements("a; 'b;c'; \"d;\"; $$e;$$; /* f; */ g").collect();
-        assert_eq!(parts, ["a", " 'b;c'", " \"d;\"", " $$e;$$", " /* f; */ g"]);
+        let parts: Vec<&[u8]> = statements(b"a; 'b;c'; \"d;\"; $$e;$$; /* f; */ g").collect();
+        let want: [&[u8]; 5] = [b"a", b" 'b;c'", b" \"d;\"", b" $$e;$$", b" /* f; */ g"];
+        assert_eq!(parts, want);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_read_all_the_same() {
+        // LATIN1's é (0xE9) and WIN1252's € (0x80): single bytes that are not UTF-8.
+        assert_eq!(
+            classify(b"SET search_path TO \"caf\xe9\", public", &[]),
+            state("SET search_path")
+        );
+        assert_eq!(
+            classify(b"set \"caf\xe9\" = 1", &[]),
+            state("SET caf\u{fffd}")
+        );
+        assert_eq!(
+            session_state(b"select '\x80;'; -- \xe9\nLISTEN ch", &[]).as_deref(),
+            Some("LISTEN")
+        );
+        assert_eq!(
+            classify(b"DEALLOCATE \"s\xe9\"", &[]),
+            Effect::Deallocate(b"s\xe9")
+        );
+        assert!(single_statement(b"select $\xe9$ ; $\xe9$"));
+        assert!(rideable(b"SELECT 'caf\xe9' FROM t", &[]));
+        assert!(!rideable(b"SELECT 'caf\xe9'; BEGIN", &[]));
     }
 
     #[test]
     fn prepared_statement_management() {
-        assert_eq!(c("DEALLOCATE s1"), Effect::Deallocate("s1"));
-        assert_eq!(c("deallocate prepare \"S1\";"), Effect::Deallocate("S1"));
+        assert_eq!(c("DEALLOCATE s1"), Effect::Deallocate(b"s1"));
+        assert_eq!(c("deallocate prepare \"S1\";"), Effect::Deallocate(b"S1"));
         assert_eq!(c("DEALLOCATE ALL"), Effect::DeallocateAll);
         assert_eq!(c("discard all"), Effect::DiscardAll);
         assert_eq!(c("RESET ALL"), Effect::ResetAll);
-        assert!(single_statement("DEALLOCATE x;"));
-        assert!(!single_statement("DEALLOCATE x; select 1"));
+        assert!(single_statement(b"DEALLOCATE x;"));
+        assert!(!single_statement(b"DEALLOCATE x; select 1"));
     }
 
     #[test]
@@ -505,17 +557,17 @@ mod tests {
         for pad in 0..40 {
             for word in ["advisory_lock", "ADVISORY_LOCK", "Advisory_Lock"] {
                 let sql = format!("{}{word} x", "k".repeat(pad));
-                assert!(contains_ci(&sql, needle), "{sql}");
+                assert!(contains_ci(sql.as_bytes(), needle), "{sql}");
             }
             let miss = format!("{}advisory_lok advisoryXlock k", "k".repeat(pad));
-            assert!(!contains_ci(&miss, needle), "{miss}");
+            assert!(!contains_ci(miss.as_bytes(), needle), "{miss}");
         }
         assert!(
-            !contains_ci("lock", needle),
+            !contains_ci(b"lock", needle),
             "haystack shorter than the needle"
         );
-        assert!(!contains_ci("", needle));
-        assert!(contains_ci("declare c cursor WITH HOLD for", "with hold"));
+        assert!(!contains_ci(b"", needle));
+        assert!(contains_ci(b"declare c cursor WITH HOLD for", "with hold"));
 
         let specials = |c: u8| b";'\"-/$".contains(&c);
         // From every offset of `b`, the search agrees with a plain scan.
@@ -563,6 +615,6 @@ mod tests {
             }
         }
         let sql = "select 'a;b', \"c;d\" -- e;f\n; g";
-        assert_eq!(statement_end(sql), sql.find("\n;").unwrap() + 1);
+        assert_eq!(statement_end(sql.as_bytes()), sql.find("\n;").unwrap() + 1);
     }
 }

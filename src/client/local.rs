@@ -109,14 +109,17 @@ fn parse(frame: &[u8], state: &mut ClientState, rules: &Rules<'_>, out: &mut Byt
     if state.statements.contains_key(p.name) {
         let err = PgError::error(
             "42P05",
-            format!("prepared statement \"{}\" already exists", p.name),
+            format!(
+                "prepared statement \"{}\" already exists",
+                String::from_utf8_lossy(p.name)
+            ),
         );
         err.encode(out);
         return false;
     }
     match rules.registry.statement(p.query, p.param_types) {
         Ok(stmt) => {
-            state.statements.insert(p.name.to_string(), stmt);
+            state.statements.insert(p.name.into(), stmt);
             out.extend_from_slice(&PARSE_COMPLETE);
             true
         }
@@ -166,7 +169,7 @@ mod tests {
             Local::Answered(input.len())
         );
         assert_eq!(tags(&out), "1Z");
-        assert!(state.statements.contains_key("P_0"));
+        assert!(state.statements.contains_key(&b"P_0"[..]));
         // The same name again: PostgreSQL's error, then ReadyForQuery.
         out.clear();
         assert_eq!(

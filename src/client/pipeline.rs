@@ -19,7 +19,7 @@ use crate::params::{self, Params};
 use crate::pool::{Ride, RideRequest, Rider};
 use crate::protocol::error::{code, PgError};
 use crate::protocol::extended::{parse_bind, parse_parse, parse_target};
-use crate::protocol::frame::{body, cstr, header, FrameWalker, Step};
+use crate::protocol::frame::{body, cstr_bytes, header, FrameWalker, Step};
 use crate::protocol::messages::{ftag, parse_parameter_status, tag};
 use crate::server::Backend;
 
@@ -308,14 +308,14 @@ impl Session {
 /// unnamed statement and portal (what libpq and tokio-postgres's `query_typed` send for a
 /// query with parameters). Named
 /// statements and portals, several requests and anything partial do not ride.
-fn one_request(input: &[u8]) -> Option<&str> {
+fn one_request(input: &[u8]) -> Option<&[u8]> {
     let mut frames = Frames { rest: input };
     let (t, first) = frames.next()?;
     let sql = match t {
-        ftag::QUERY => cstr(first)?.0,
+        ftag::QUERY => cstr_bytes(first)?.0,
         ftag::PARSE => {
             let parse = parse_parse(first)?;
-            let unnamed = |b: &[u8]| cstr(b).is_some_and(|(name, _)| name.is_empty());
+            let unnamed = |b: &[u8]| cstr_bytes(b).is_some_and(|(name, _)| name.is_empty());
             let ok = parse.name.is_empty()
                 && frames.take(ftag::BIND, |b| {
                     parse_bind(b)
@@ -406,17 +406,17 @@ mod tests {
     fn one_request_is_a_whole_query_or_an_unnamed_extended_batch_and_nothing_more() {
         let mut q = BytesMut::new();
         messages::query(&mut q, "select 1");
-        assert_eq!(one_request(&q), Some("select 1"));
+        assert_eq!(one_request(&q), Some(&b"select 1"[..]));
         assert_eq!(
             one_request(&extended("select 2", "", Some(b'P'))),
-            Some("select 2")
+            Some(&b"select 2"[..])
         );
         assert_eq!(
             one_request(&extended("select 3", "", None)),
-            Some("select 3")
+            Some(&b"select 3"[..])
         );
         let statement_described = extended("select 4", "", Some(b'S'));
-        assert_eq!(one_request(&statement_described), Some("select 4"));
+        assert_eq!(one_request(&statement_described), Some(&b"select 4"[..]));
 
         let two_queries = [&q[..], &q[..]].concat();
         let partial = &q[..q.len() - 1];

@@ -18,14 +18,15 @@ use crate::protocol::error::{code, PgError};
 use crate::protocol::extended::{
     build_bind, build_target, parse_bind, parse_parse, parse_target, CLOSE_COMPLETE, PARSE_COMPLETE,
 };
-use crate::protocol::frame::{body, cstr};
+use crate::protocol::frame::{body, cstr_bytes};
 use crate::protocol::messages::{self, ftag};
 
 /// A client's side of transaction pooling, kept for its whole session.
 #[derive(Default)]
 pub struct ClientState {
-    /// The client's statement names and the shared statements they stand for.
-    pub statements: HashMap<String, Arc<Statement>>,
+    /// The client's statement names (bytes in its `client_encoding`) and the shared
+    /// statements they stand for.
+    pub statements: HashMap<Box<[u8]>, Arc<Statement>>,
     pub tracker: Tracker,
     /// After an error sluice raised itself in an extended batch, drop messages until Sync,
     /// as PostgreSQL does after its own errors.
@@ -193,16 +194,17 @@ impl Ctx<'_, '_> {
         if self.client.statements.contains_key(p.name) {
             return self.refuse(PgError::error(
                 "42P05",
-                format!("prepared statement \"{}\" already exists", p.name),
+                format!(
+                    "prepared statement \"{}\" already exists",
+                    String::from_utf8_lossy(p.name)
+                ),
             ));
         }
         let stmt = match self.rules.registry.statement(p.query, p.param_types) {
             Ok(stmt) => stmt,
             Err(full) => return self.refuse(registry_full(full.limit)),
         };
-        self.client
-            .statements
-            .insert(p.name.to_string(), stmt.clone());
+        self.client.statements.insert(p.name.into(), stmt.clone());
         if self.backend.touch(stmt.id) {
             return self.inject(&PARSE_COMPLETE);
         }
@@ -265,7 +267,7 @@ impl Ctx<'_, '_> {
     }
 
     fn query(&mut self, frame: &[u8], out: &mut BytesMut) -> Handled {
-        let sql = cstr(body(frame)).map_or("", |(s, _)| s);
+        let sql = cstr_bytes(body(frame)).map_or(&[][..], |(s, _)| s);
         self.client.tracker.push(Expect::Reply(Kind::Query));
         // One look at a single statement serves both the session-state policy and the
         // prepared-statement bookkeeping below.
@@ -350,7 +352,7 @@ impl Ctx<'_, '_> {
     }
 
     /// The client's statement by its name, moved to a fresh one if its plan went stale.
-    fn statement(&mut self, name: &str) -> Option<Arc<Statement>> {
+    fn statement(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let stmt = self.client.statements.get(name)?.clone();
         if !stmt.is_retired() {
             return Some(stmt);
@@ -360,9 +362,7 @@ impl Ctx<'_, '_> {
             .registry
             .statement(&stmt.query, &stmt.param_types)
             .ok()?;
-        self.client
-            .statements
-            .insert(name.to_string(), fresh.clone());
+        self.client.statements.insert(name.into(), fresh.clone());
         Some(fresh)
     }
 
@@ -394,10 +394,13 @@ fn raise_sql(message: &str) -> String {
     format!("DO $sluice$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '{quoted}'; END $sluice$")
 }
 
-fn no_such_statement(name: &str) -> PgError {
+fn no_such_statement(name: &[u8]) -> PgError {
     PgError::error(
         "26000",
-        format!("prepared statement \"{name}\" does not exist"),
+        format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        ),
     )
 }
 

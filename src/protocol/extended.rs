@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::frame::cstr;
+use super::frame::cstr_bytes;
 use super::messages::{begin, finish, put_cstr};
 
 /// Room kept after a frame sluice rewrites, for the short messages that usually follow it in
@@ -17,17 +17,18 @@ fn room(out: &mut BytesMut, body: usize) {
     out.reserve(5 + body + ROOM_AFTER);
 }
 
-/// A Parse body: statement name, query text, and the raw parameter-type section.
+/// A Parse body: statement name, query text, and the raw parameter-type section. Names and
+/// text are bytes in the client's encoding (see `cstr_bytes`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parse<'a> {
-    pub name: &'a str,
-    pub query: &'a str,
+    pub name: &'a [u8],
+    pub query: &'a [u8],
     pub param_types: &'a [u8],
 }
 
 pub fn parse_parse(body: &[u8]) -> Option<Parse<'_>> {
-    let (name, rest) = cstr(body)?;
-    let (query, param_types) = cstr(rest)?;
+    let (name, rest) = cstr_bytes(body)?;
+    let (query, param_types) = cstr_bytes(rest)?;
     Some(Parse {
         name,
         query,
@@ -35,7 +36,14 @@ pub fn parse_parse(body: &[u8]) -> Option<Parse<'_>> {
     })
 }
 
-pub fn build_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u8]) {
+/// Names and text are written as they are, in whatever encoding they came.
+pub fn build_parse(
+    out: &mut BytesMut,
+    name: &(impl AsRef<[u8]> + ?Sized),
+    query: &(impl AsRef<[u8]> + ?Sized),
+    param_types: &[u8],
+) {
+    let (name, query) = (name.as_ref(), query.as_ref());
     room(out, name.len() + query.len() + 2 + param_types.len());
     let start = begin(out, b'P');
     put_cstr(out, name);
@@ -45,13 +53,19 @@ pub fn build_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u
 }
 
 /// A Bind body: portal, statement, and everything after them.
-pub fn parse_bind(body: &[u8]) -> Option<(&str, &str, &[u8])> {
-    let (portal, rest) = cstr(body)?;
-    let (statement, rest) = cstr(rest)?;
+pub fn parse_bind(body: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (portal, rest) = cstr_bytes(body)?;
+    let (statement, rest) = cstr_bytes(rest)?;
     Some((portal, statement, rest))
 }
 
-pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+pub fn build_bind(
+    out: &mut BytesMut,
+    portal: &(impl AsRef<[u8]> + ?Sized),
+    statement: &(impl AsRef<[u8]> + ?Sized),
+    rest: &[u8],
+) {
+    let (portal, statement) = (portal.as_ref(), statement.as_ref());
     room(out, portal.len() + statement.len() + 2 + rest.len());
     let start = begin(out, b'B');
     put_cstr(out, portal);
@@ -61,9 +75,9 @@ pub fn build_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]
 }
 
 /// Describe and Close bodies: 'S' (statement) or 'P' (portal), and the name.
-pub fn parse_target(body: &[u8]) -> Option<(u8, &str)> {
+pub fn parse_target(body: &[u8]) -> Option<(u8, &[u8])> {
     let (&kind, rest) = body.split_first()?;
-    let (name, _) = cstr(rest)?;
+    let (name, _) = cstr_bytes(rest)?;
     Some((kind, name))
 }
 
@@ -93,24 +107,24 @@ mod tests {
     #[test]
     fn parse_round_trips_with_a_new_name() {
         let mut out = BytesMut::new();
-        build_parse(&mut out, "s1", "select $1", &[0, 1, 0, 0, 0, 23]);
+        build_parse(&mut out, "s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
         let p = parse_parse(body(&out)).unwrap();
-        assert_eq!(p.name, "s1");
-        assert_eq!(p.query, "select $1");
+        assert_eq!(p.name, b"s1");
+        assert_eq!(p.query, b"select $1");
         assert_eq!(p.param_types, &[0, 1, 0, 0, 0, 23]);
         let mut renamed = BytesMut::new();
         build_parse(&mut renamed, "sluice_7", p.query, p.param_types);
         assert_eq!(renamed.len(), out.len() + 6);
-        assert_eq!(parse_parse(body(&renamed)).unwrap().name, "sluice_7");
+        assert_eq!(parse_parse(body(&renamed)).unwrap().name, b"sluice_7");
     }
 
     #[test]
     fn bind_keeps_its_parameters_when_renamed() {
         let rest = [0u8, 0, 0, 1, 0, 0, 0, 1, b'5', 0, 0];
         let mut out = BytesMut::new();
-        build_bind(&mut out, "", "s1", &rest);
+        build_bind(&mut out, b"", "s1", &rest);
         let (portal, stmt, tail) = parse_bind(body(&out)).unwrap();
-        assert_eq!((portal, stmt, tail), ("", "s1", &rest[..]));
+        assert_eq!((portal, stmt, tail), (&b""[..], &b"s1"[..], &rest[..]));
     }
 
     #[test]
@@ -118,6 +132,6 @@ mod tests {
         let mut out = BytesMut::new();
         build_target(&mut out, b'C', b'S', "s9");
         assert_eq!(out[0], b'C');
-        assert_eq!(parse_target(body(&out)), Some((b'S', "s9")));
+        assert_eq!(parse_target(body(&out)), Some((b'S', &b"s9"[..])));
     }
 }

@@ -100,9 +100,15 @@ pub fn body(frame: &[u8]) -> &[u8] {
 
 /// Read a NUL-terminated string at the start of `buf`; returns it and the rest after the NUL.
 pub fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let (s, rest) = cstr_bytes(buf)?;
+    Some((std::str::from_utf8(s).ok()?, rest))
+}
+
+/// A NUL-terminated string as its bytes, whatever their encoding, and what follows it. SQL
+/// text and statement names come in the client's `client_encoding`, which need not be UTF-8.
+pub fn cstr_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = buf.iter().position(|&b| b == 0)?;
-    let s = std::str::from_utf8(&buf[..end]).ok()?;
-    Some((s, &buf[end + 1..]))
+    Some((&buf[..end], &buf[end + 1..]))
 }
 
 #[cfg(test)]

@@ -61,8 +61,8 @@ pub(crate) fn finish(out: &mut BytesMut, start: usize) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-pub(crate) fn put_cstr(out: &mut BytesMut, s: &str) {
-    out.put_slice(s.as_bytes());
+pub(crate) fn put_cstr(out: &mut BytesMut, s: &(impl AsRef<[u8]> + ?Sized)) {
+    out.put_slice(s.as_ref());
     out.put_u8(0);
 }
 
