@@ -261,8 +261,8 @@ fn after_first<'a>(s: &'a [u8], pat: &[u8]) -> &'a [u8] {
 /// The offset of the first `pat` in `s`.
 fn find(s: &[u8], pat: &[u8]) -> Option<usize> {
     match *pat {
-        [one] => s.iter().position(|&b| b == one),
-        _ => s.windows(pat.len()).position(|w| w == pat),
+        [one] => memchr::memchr(one, s),
+        _ => memchr::memmem::find(s, pat),
     }
 }
 

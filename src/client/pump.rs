@@ -149,10 +149,12 @@ pub async fn forward(
         }
         flow.tally.requests(flow.tx.pending());
         loop {
-            flow.flush_tally();
             if release_when_idle && flow.may_release() && to_server.is_empty() && rbuf.is_empty() {
                 break 'forward Ended::Released;
             }
+            // Before any wait, so the meters are current while this binding sits (the
+            // release above is counted once, below the loop).
+            flow.flush_tally();
             // Write what is ready now, before waiting on anything: a socket with room takes
             // it in one call here, where a turn of the select below would cost a poll of
             // every branch for the same system call. (What the client is owed once the

@@ -131,7 +131,7 @@ impl Session {
             let held = now.saturating_duration_since(server.checked_out_at);
             self.tally.meters.checked_in(held);
             self.shared.pools.checkin(server, now);
-            if self.client.write_all(&owed).await.is_err() {
+            if !write_owed(&mut self.client, &owed).await {
                 return false;
             }
             self.tally.client.unbound();
@@ -641,4 +641,22 @@ async fn cleanup(mut server: Backend, tx: TxState, reset: bool) -> Option<Backen
         server.params.retain(params::is_reported);
     }
     Some(server)
+}
+
+/// Write the reply still owed after a checkin: straight away when the socket has room, as
+/// it nearly always has (a write future polled once costs a readiness poll and a
+/// cooperative-budget check more); false when the client is gone.
+async fn write_owed(client: &mut TcpStream, owed: &[u8]) -> bool {
+    let mut rest = owed;
+    while !rest.is_empty() {
+        match client.try_write(rest) {
+            Ok(0) => return false,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return client.write_all(rest).await.is_ok()
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }

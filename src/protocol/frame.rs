@@ -107,7 +107,7 @@ pub fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
 /// A NUL-terminated string as its bytes, whatever their encoding, and what follows it. SQL
 /// text and statement names come in the client's `client_encoding`, which need not be UTF-8.
 pub fn cstr_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = buf.iter().position(|&b| b == 0)?;
+    let end = memchr::memchr(0, buf)?;
     Some((&buf[..end], &buf[end + 1..]))
 }
 
