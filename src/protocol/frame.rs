@@ -107,6 +107,11 @@ pub fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
 /// A NUL-terminated string as its bytes, whatever their encoding, and what follows it. SQL
 /// text and statement names come in the client's `client_encoding`, which need not be UTF-8.
 pub fn cstr_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    // Empty names (the unnamed statement and portal) are the common case, and memchr's
+    // setup costs more than the one byte.
+    if let Some((0, rest)) = buf.split_first() {
+        return Some((&[], rest));
+    }
     let end = memchr::memchr(0, buf)?;
     Some((&buf[..end], &buf[end + 1..]))
 }
