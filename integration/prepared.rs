@@ -458,29 +458,22 @@ async fn session_state_in_a_latin1_query_pins_and_never_reaches_another_client()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_statements_with_latin1_text_are_renamed_and_shared() {
-    // pgbench -M prepared names its statements and sends this text as it is: in LATIN1, with
-    // the é as one byte. Two clients over a pool of one use the statement on one backend.
-    let p = proxy()
-        .pool("size = 1")
-        .pool("queue_timeout = \"30s\"")
-        .start()
-        .await;
-    let dir = std::env::temp_dir().join(format!("sluice-latin1-{}", std::process::id()));
+/// pgbench -M prepared, 2 clients, 50 transactions each, as a client in `encoding` running
+/// `script`; panics unless every transaction ran without error.
+async fn pgbench_prepared_script(p: &TestProxy, encoding: &str, script: &[u8]) {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-{}-{}-{encoding}",
+        std::process::id(),
+        p.port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("latin1.sql");
-    // length() counts characters: 4 only when the server read the text as LATIN1.
-    std::fs::write(
-        &script,
-        b"SELECT length('caf\xe9') AS n \\gset\n\\if :n != 4\nSELECT 1/0;\n\\endif\n",
-    )
-    .unwrap();
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script).unwrap();
     let run = Command::new("pgbench")
         .args([
             "-M", "prepared", "-c", "2", "-j", "1", "-t", "50", "-n", "-f",
         ])
-        .arg(&script)
+        .arg(&file)
         .args([
             "-h",
             "127.0.0.1",
@@ -491,17 +484,59 @@ async fn named_statements_with_latin1_text_are_renamed_and_shared() {
         ])
         .arg(crate::cluster::DATABASE)
         .env("PGPASSWORD", PASSWORD)
-        .env("PGCLIENTENCODING", "LATIN1")
+        .env("PGCLIENTENCODING", encoding)
         .output()
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let out = String::from_utf8_lossy(&run.stdout);
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{out}\n{err}");
+    assert!(run.status.success(), "{encoding}: {out}\n{err}");
     assert!(
         out.contains("number of transactions actually processed: 100/100"),
-        "{out}\n{err}"
+        "{encoding}: {out}\n{err}"
     );
-    assert!(out.contains("number of failed transactions: 0 "), "{out}");
+    assert!(
+        out.contains("number of failed transactions: 0 "),
+        "{encoding}: {out}"
+    );
+}
+
+/// A pgbench script that fails (division by zero) unless 'café' spelled with `e_acute`'s
+/// bytes is `chars` characters long to the server.
+fn length_check(e_acute: &[u8], chars: u32) -> Vec<u8> {
+    let mut script = b"SELECT length('caf".to_vec();
+    script.extend_from_slice(e_acute);
+    script.extend_from_slice(
+        format!("') AS n \\gset\n\\if :n != {chars}\nSELECT 1/0;\n\\endif\n").as_bytes(),
+    );
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bytes_in_two_client_encodings_are_two_statements() {
+    // C3 A9 is é in UTF8 and the two letters Ã© in LATIN1: one text, two statements. Over a
+    // pool of one, the LATIN1 clients come to the backend on which the UTF8 ones prepared
+    // theirs; sharing it would run the UTF8 reading for them.
+    let p = proxy()
+        .pool("size = 1")
+        .pool("queue_timeout = \"30s\"")
+        .start()
+        .await;
+    pgbench_prepared_script(&p, "UTF8", &length_check(b"\xc3\xa9", 4)).await;
+    pgbench_prepared_script(&p, "LATIN1", &length_check(b"\xc3\xa9", 5)).await;
+    pgbench_prepared_script(&p, "UTF8", &length_check(b"\xc3\xa9", 4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_with_latin1_text_are_renamed_and_shared() {
+    // pgbench -M prepared names its statements and sends this text as it is: in LATIN1, with
+    // the é as one byte. Two clients over a pool of one use the statement on one backend;
+    // length() counts characters, 4 only when the server read the text as LATIN1.
+    let p = proxy()
+        .pool("size = 1")
+        .pool("queue_timeout = \"30s\"")
+        .start()
+        .await;
+    pgbench_prepared_script(&p, "LATIN1", &length_check(b"\xe9", 4)).await;
 }

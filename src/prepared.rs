@@ -64,6 +64,10 @@ pub struct Statement {
     /// The text as the client sent it, in its `client_encoding`.
     pub query: Vec<u8>,
     pub param_types: Vec<u8>,
+    /// The `client_encoding` the text is in, where that matters: text with bytes past ASCII
+    /// means different characters in different encodings, so clients in different
+    /// encodings never share it. (ASCII reads the same in every client encoding.)
+    pub encoding: Option<Box<str>>,
     /// Set when a backend reported its plan stale ("cached plan must not change result
     /// type"): clients move to a fresh statement at their next use.
     retired: AtomicBool,
@@ -93,9 +97,18 @@ impl Statement {
     fn size(&self) -> usize {
         self.query.len() + self.param_types.len() + std::mem::size_of::<Statement>() + 64
     }
+
+    fn key(&self) -> Key {
+        (
+            self.query.clone(),
+            self.param_types.clone(),
+            self.encoding.clone(),
+        )
+    }
 }
 
-type Key = (Vec<u8>, Vec<u8>);
+/// Text, parameter types, and the encoding where the text needs one.
+type Key = (Vec<u8>, Vec<u8>, Option<Box<str>>);
 
 /// The registry's memory cap was reached by statements clients still use.
 #[derive(Debug)]
@@ -120,14 +133,18 @@ impl Registry {
         }
     }
 
-    /// The shared statement for this query and parameter types, made if new.
+    /// The shared statement for this query and parameter types, made if new. `encoding` is
+    /// the client's `client_encoding`, which tells statements apart only when the text is
+    /// not all ASCII.
     pub fn statement(
         &self,
         query: &[u8],
         param_types: &[u8],
+        encoding: &str,
     ) -> Result<Arc<Statement>, RegistryFull> {
+        let encoding = (!query.is_ascii()).then(|| encoding.into());
         let mut map = self.map.lock().unwrap();
-        let key = (query.to_vec(), param_types.to_vec());
+        let key = (query.to_vec(), param_types.to_vec(), encoding);
         if let Some(s) = map.get(&key) {
             return Ok(s.clone());
         }
@@ -135,6 +152,7 @@ impl Registry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             query: key.0.clone(),
             param_types: key.1.clone(),
+            encoding: key.2.clone(),
             retired: AtomicBool::new(false),
         });
         let size = stmt.size();
@@ -165,7 +183,7 @@ impl Registry {
     pub fn retire(&self, stmt: &Statement) {
         stmt.retired.store(true, Ordering::Relaxed);
         let mut map = self.map.lock().unwrap();
-        let key = (stmt.query.clone(), stmt.param_types.clone());
+        let key = stmt.key();
         if map.get(&key).is_some_and(|s| s.id == stmt.id) {
             if let Some(s) = map.remove(&key) {
                 self.bytes.fetch_sub(s.size(), Ordering::Relaxed);
@@ -298,9 +316,15 @@ mod tests {
     #[test]
     fn same_query_and_types_share_one_statement() {
         let r = Registry::new(1 << 20);
-        let a = r.statement(b"select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
-        let b = r.statement(b"select $1", &[0, 1, 0, 0, 0, 23]).unwrap();
-        let c = r.statement(b"select $1", &[0, 1, 0, 0, 0, 25]).unwrap();
+        let a = r
+            .statement(b"select $1", &[0, 1, 0, 0, 0, 23], "UTF8")
+            .unwrap();
+        let b = r
+            .statement(b"select $1", &[0, 1, 0, 0, 0, 23], "UTF8")
+            .unwrap();
+        let c = r
+            .statement(b"select $1", &[0, 1, 0, 0, 0, 25], "UTF8")
+            .unwrap();
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         assert_eq!(r.len(), 2);
@@ -310,23 +334,57 @@ mod tests {
     #[test]
     fn memory_cap_drops_unused_then_refuses() {
         let r = Registry::new(700);
-        let held = r.statement("x".repeat(200).as_bytes(), &[]).unwrap();
-        drop(r.statement("y".repeat(200).as_bytes(), &[]).unwrap());
+        let held = r
+            .statement("x".repeat(200).as_bytes(), &[], "UTF8")
+            .unwrap();
+        drop(
+            r.statement("y".repeat(200).as_bytes(), &[], "UTF8")
+                .unwrap(),
+        );
         // Over the cap: the unused "y" goes, the held "x" stays.
-        let z = r.statement("z".repeat(200).as_bytes(), &[]).unwrap();
+        let z = r
+            .statement("z".repeat(200).as_bytes(), &[], "UTF8")
+            .unwrap();
         assert_eq!(r.len(), 2);
-        let err = r.statement("w".repeat(200).as_bytes(), &[]).unwrap_err();
+        let err = r
+            .statement("w".repeat(200).as_bytes(), &[], "UTF8")
+            .unwrap_err();
         assert_eq!(err.limit, 700);
         drop((held, z));
     }
 
     #[test]
+    fn text_past_ascii_is_shared_only_within_one_client_encoding() {
+        let r = Registry::new(1 << 20);
+        let utf8 = r.statement(b"select 'caf\xc3\xa9'", &[], "UTF8").unwrap();
+        let latin1 = r.statement(b"select 'caf\xc3\xa9'", &[], "LATIN1").unwrap();
+        assert_ne!(utf8.id, latin1.id, "the same bytes spell other characters");
+        assert_eq!(latin1.encoding.as_deref(), Some("LATIN1"));
+        let again = r.statement(b"select 'caf\xc3\xa9'", &[], "UTF8").unwrap();
+        assert_eq!(again.id, utf8.id);
+        // ASCII reads the same in every encoding: one statement.
+        let a = r.statement(b"select 1", &[], "UTF8").unwrap();
+        let b = r.statement(b"select 1", &[], "LATIN1").unwrap();
+        assert_eq!((a.id, a.encoding.as_deref()), (b.id, None));
+        // Retiring finds the statement under its own key.
+        r.retire(&latin1);
+        let fresh = r.statement(b"select 'caf\xc3\xa9'", &[], "LATIN1").unwrap();
+        assert_ne!(fresh.id, latin1.id);
+        assert_eq!(
+            r.statement(b"select 'caf\xc3\xa9'", &[], "UTF8")
+                .unwrap()
+                .id,
+            utf8.id
+        );
+    }
+
+    #[test]
     fn retired_statements_are_replaced_by_fresh_ones() {
         let r = Registry::new(1 << 20);
-        let a = r.statement(b"select 1", &[]).unwrap();
+        let a = r.statement(b"select 1", &[], "UTF8").unwrap();
         r.retire(&a);
         assert!(a.is_retired());
-        let b = r.statement(b"select 1", &[]).unwrap();
+        let b = r.statement(b"select 1", &[], "UTF8").unwrap();
         assert_ne!(a.id, b.id);
     }
 

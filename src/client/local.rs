@@ -30,10 +30,12 @@ pub enum Local {
 }
 
 /// Answer the batch at the start of `input` if sluice can, appending replies to `out`.
+/// `encoding` is the client's `client_encoding` (see `Registry::statement`).
 pub fn answer(
     input: &[u8],
     state: &mut ClientState,
     rules: &Rules<'_>,
+    encoding: &str,
     out: &mut BytesMut,
 ) -> Local {
     let Some(end) = batch_end(input, rules) else {
@@ -56,7 +58,7 @@ pub fn answer(
             continue;
         }
         match tag {
-            ftag::PARSE => failed = !parse(frame, state, rules, out),
+            ftag::PARSE => failed = !parse(frame, state, rules, encoding, out),
             ftag::CLOSE => {
                 if let Some((_, name)) = parse_target(body(frame)) {
                     state.statements.remove(name);
@@ -104,7 +106,13 @@ fn batch_end(input: &[u8], rules: &Rules<'_>) -> Option<Option<usize>> {
 }
 
 /// Register a named statement for the client; false (with the error written) on failure.
-fn parse(frame: &[u8], state: &mut ClientState, rules: &Rules<'_>, out: &mut BytesMut) -> bool {
+fn parse(
+    frame: &[u8],
+    state: &mut ClientState,
+    rules: &Rules<'_>,
+    encoding: &str,
+    out: &mut BytesMut,
+) -> bool {
     let p = parse_parse(body(frame)).expect("checked in batch_end");
     if state.statements.contains_key(p.name) {
         let err = PgError::error(
@@ -117,7 +125,7 @@ fn parse(frame: &[u8], state: &mut ClientState, rules: &Rules<'_>, out: &mut Byt
         err.encode(out);
         return false;
     }
-    match rules.registry.statement(p.query, p.param_types) {
+    match rules.registry.statement(p.query, p.param_types, encoding) {
         Ok(stmt) => {
             state.statements.insert(p.name.into(), stmt);
             out.extend_from_slice(&PARSE_COMPLETE);
@@ -165,7 +173,7 @@ mod tests {
         input.extend_from_slice(&SYNC);
         let mut out = BytesMut::new();
         assert_eq!(
-            answer(&input, &mut state, &rules(&registry), &mut out),
+            answer(&input, &mut state, &rules(&registry), "UTF8", &mut out),
             Local::Answered(input.len())
         );
         assert_eq!(tags(&out), "1Z");
@@ -173,7 +181,7 @@ mod tests {
         // The same name again: PostgreSQL's error, then ReadyForQuery.
         out.clear();
         assert_eq!(
-            answer(&input, &mut state, &rules(&registry), &mut out),
+            answer(&input, &mut state, &rules(&registry), "UTF8", &mut out),
             Local::Answered(input.len())
         );
         assert_eq!(tags(&out), "EZ");
@@ -188,14 +196,14 @@ mod tests {
         input.extend_from_slice(&SYNC);
         let mut out = BytesMut::new();
         assert_eq!(
-            answer(&input, &mut state, &rules(&registry), &mut out),
+            answer(&input, &mut state, &rules(&registry), "UTF8", &mut out),
             Local::No
         );
         let mut input = BytesMut::new();
         build_parse(&mut input, "s", "LISTEN x", &[0, 0]);
         input.extend_from_slice(&SYNC);
         assert_eq!(
-            answer(&input, &mut state, &rules(&registry), &mut out),
+            answer(&input, &mut state, &rules(&registry), "UTF8", &mut out),
             Local::No
         );
         assert!(out.is_empty());
@@ -209,11 +217,11 @@ mod tests {
         build_target(&mut input, b'C', b'S', "s1");
         let mut out = BytesMut::new();
         assert_eq!(
-            answer(&input, &mut state, &rules(&registry), &mut out),
+            answer(&input, &mut state, &rules(&registry), "UTF8", &mut out),
             Local::NeedMore
         );
         assert_eq!(
-            answer(&input[..3], &mut state, &rules(&registry), &mut out),
+            answer(&input[..3], &mut state, &rules(&registry), "UTF8", &mut out),
             Local::NeedMore
         );
     }

@@ -200,7 +200,15 @@ impl Ctx<'_, '_> {
                 ),
             ));
         }
-        let stmt = match self.rules.registry.statement(p.query, p.param_types) {
+        let encoding = self
+            .client_params
+            .get("client_encoding")
+            .unwrap_or_default();
+        let stmt = match self
+            .rules
+            .registry
+            .statement(p.query, p.param_types, encoding)
+        {
             Ok(stmt) => stmt,
             Err(full) => return self.refuse(registry_full(full.limit)),
         };
@@ -360,7 +368,11 @@ impl Ctx<'_, '_> {
         let fresh = self
             .rules
             .registry
-            .statement(&stmt.query, &stmt.param_types)
+            .statement(
+                &stmt.query,
+                &stmt.param_types,
+                stmt.encoding.as_deref().unwrap_or_default(),
+            )
             .ok()?;
         self.client.statements.insert(name.into(), fresh.clone());
         Some(fresh)

@@ -251,7 +251,8 @@ impl Session {
             let config = self.config.refresh(&self.shared.config);
             let rules = Rules::new(&self.shared.statements, config, &self.extra_params);
             let mut out = BytesMut::new();
-            match local::answer(&self.input, &mut self.state, &rules, &mut out) {
+            let encoding = self.params.get("client_encoding").unwrap_or_default();
+            match local::answer(&self.input, &mut self.state, &rules, encoding, &mut out) {
                 Local::Answered(n) => {
                     self.input.advance(n);
                     self.tally.sent(out.len());
