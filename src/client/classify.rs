@@ -3,9 +3,10 @@
 //! statements. Not a SQL parser: it reads past whitespace and comments, then a few words.
 //!
 //! It reads bytes, not `str`: the text is in the client's `client_encoding`, which need not be
-//! UTF-8 (LATIN1, WIN1252, SJIS ...). Every encoding PostgreSQL accepts from a client keeps
-//! ASCII's quotes, semicolons, whitespace and comment marks as themselves (no multibyte
-//! character has one as a byte), so the scan means the same in all of them.
+//! UTF-8 (LATIN1, WIN1252, SJIS ...). No multibyte character of an encoding PostgreSQL accepts
+//! from clients has an ASCII quote, dollar sign, whitespace or comment mark among its bytes,
+//! so the scan means the same in all of them; the one exception is JOHAB, whose second bytes
+//! include `;` (such a character splits the text early here).
 
 use crate::params;
 
