@@ -9,6 +9,7 @@
 //! include `;` (such a character splits the text early here).
 
 use crate::params;
+use crate::protocol::frame::printable;
 
 /// What a statement means for pooling.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,7 +105,7 @@ fn set<'a>(words: &mut Words<'_>, extra: &[String]) -> Effect<'a> {
     // follows.)
     match std::str::from_utf8(name) {
         Ok(name) if params::is_reported(name) && params::is_tracked(name, extra) => Effect::None,
-        _ => Effect::SessionState(format!("SET {}", String::from_utf8_lossy(name))),
+        _ => Effect::SessionState(format!("SET {}", printable(name))),
     }
 }
 
@@ -522,10 +523,7 @@ mod tests {
             classify(b"SET search_path TO \"caf\xe9\", public", &[]),
             state("SET search_path")
         );
-        assert_eq!(
-            classify(b"set \"caf\xe9\" = 1", &[]),
-            state("SET caf\u{fffd}")
-        );
+        assert_eq!(classify(b"set \"caf\xe9\" = 1", &[]), state("SET caf\\xe9"));
         assert_eq!(
             session_state(b"select '\x80;'; -- \xe9\nLISTEN ch", &[]).as_deref(),
             Some("LISTEN")

@@ -12,7 +12,7 @@ use super::classify::session_state;
 use super::rewrite::{ClientState, Rules};
 use crate::protocol::error::PgError;
 use crate::protocol::extended::{parse_parse, parse_target, CLOSE_COMPLETE, PARSE_COMPLETE};
-use crate::protocol::frame::{body, header};
+use crate::protocol::frame::{body, header, printable};
 use crate::protocol::messages::{self, ftag};
 
 /// How far sluice looks ahead for a batch it can answer.
@@ -119,7 +119,7 @@ fn parse(
             "42P05",
             format!(
                 "prepared statement \"{}\" already exists",
-                String::from_utf8_lossy(p.name)
+                printable(p.name)
             ),
         );
         err.encode(out);

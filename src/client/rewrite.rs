@@ -18,7 +18,7 @@ use crate::protocol::error::{code, PgError};
 use crate::protocol::extended::{
     build_bind, build_target, parse_bind, parse_parse, parse_target, CLOSE_COMPLETE, PARSE_COMPLETE,
 };
-use crate::protocol::frame::{body, cstr_bytes};
+use crate::protocol::frame::{body, cstr_bytes, printable};
 use crate::protocol::messages::{self, ftag};
 
 /// A client's side of transaction pooling, kept for its whole session.
@@ -196,7 +196,7 @@ impl Ctx<'_, '_> {
                 "42P05",
                 format!(
                     "prepared statement \"{}\" already exists",
-                    String::from_utf8_lossy(p.name)
+                    printable(p.name)
                 ),
             ));
         }
@@ -409,10 +409,7 @@ fn raise_sql(message: &str) -> String {
 fn no_such_statement(name: &[u8]) -> PgError {
     PgError::error(
         "26000",
-        format!(
-            "prepared statement \"{}\" does not exist",
-            String::from_utf8_lossy(name)
-        ),
+        format!("prepared statement \"{}\" does not exist", printable(name)),
     )
 }
 

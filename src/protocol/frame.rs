@@ -116,6 +116,16 @@ pub fn cstr_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&buf[..end], &buf[end + 1..]))
 }
 
+/// A name or text from a client, for a message sluice writes itself: as it is when it is
+/// UTF-8, else with every byte past ASCII written `\xNN`, so the message stays ASCII and reads
+/// the same in any client encoding.
+pub fn printable(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        Err(_) => bytes.escape_ascii().to_string().into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +188,12 @@ mod tests {
             w.step(b"Q\0\0\0\x01", |_| false),
             Step::Malformed { .. }
         ));
+    }
+
+    #[test]
+    fn printable_names_stay_as_sent_when_utf8_and_ascii_when_not() {
+        assert_eq!(printable("café".as_bytes()), "café");
+        assert_eq!(printable(b"caf\xe9"), "caf\\xe9");
     }
 
     #[test]
