@@ -540,3 +540,33 @@ async fn named_statements_with_latin1_text_are_renamed_and_shared() {
         .await;
     pgbench_prepared_script(&p, "LATIN1", &length_check(b"\xe9", 4)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_what_was_refused_whatever_quotes_and_dollars_it_holds() {
+    // sluice raises the refusal through the server, in SQL that quotes the statement's name:
+    // a name holding the dollar quote's tag, a quote and a backslash must come back in the
+    // message as it was written, with standard_conforming_strings on and off.
+    let p = state_proxy("error").await;
+    let a = p.connect(U_PLAIN2).await.unwrap();
+    let name = r#"x$sluice$'\y"#;
+    for conforming in ["on", "off"] {
+        a.batch_execute(&format!("SET standard_conforming_strings = {conforming}"))
+            .await
+            .unwrap();
+        let err = a
+            .batch_execute(&format!("SET \"{name}\" = 1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&err).as_deref(),
+            Some("0A000"),
+            "{conforming}: {}",
+            message(&err)
+        );
+        assert!(
+            message(&err).starts_with(&format!("SET {name} is not allowed")),
+            "{conforming}: {}",
+            message(&err)
+        );
+    }
+}

@@ -400,10 +400,15 @@ impl Ctx<'_, '_> {
 }
 
 /// SQL that makes the server raise `message` as feature_not_supported, so the error arrives
-/// with the transaction status PostgreSQL itself would give it.
+/// with the transaction status PostgreSQL itself would give it. The message names what the
+/// client wrote, so it is quoted for any `standard_conforming_strings` (an `E''` string) and
+/// holds no `$` that could close the dollar quote around it.
 fn raise_sql(message: &str) -> String {
-    let quoted = message.replace('\'', "''");
-    format!("DO $sluice$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '{quoted}'; END $sluice$")
+    let quoted = message
+        .replace('\\', "\\\\")
+        .replace('\'', "''")
+        .replace('$', "\\x24");
+    format!("DO $sluice$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = E'{quoted}'; END $sluice$")
 }
 
 fn no_such_statement(name: &[u8]) -> PgError {
