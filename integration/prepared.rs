@@ -437,12 +437,31 @@ async fn session_state_in_a_latin1_query_is_refused_like_any_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_in_a_latin1_query_pins_and_never_reaches_another_client() {
     let p = state_proxy("pin").await;
-    // a sets its search_path in LATIN1 and stays connected for two seconds.
+    // a sets its search_path in LATIN1 and stays connected for three seconds.
     let mut script = LATIN1_SET.to_vec();
-    script.extend_from_slice(b"\\! sleep 2\nshow search_path;\n");
+    script.extend_from_slice(b"\\! sleep 3\nshow search_path;\n");
     let a = latin1_psql(&p, &script);
     let b = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Once a's SET has run on the backend (the server shows its text in UTF8).
+        let started = std::time::Instant::now();
+        loop {
+            let seen = tokio::task::spawn_blocking(|| {
+                psql_super(
+                    "select count(*) from pg_stat_activity \
+                     where query like 'SET search_path TO \"caf\u{e9}\"%'",
+                )
+            })
+            .await
+            .unwrap();
+            if seen.trim() == "1" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a's SET never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let b = p.connect(U_PLAIN2).await.unwrap();
         b.simple_query("show search_path").await
     };
