@@ -160,14 +160,14 @@ pub async fn forward(
             // every branch for the same system call. (What the client is owed once the
             // backend may go is not written here: the caller writes it after the checkin.)
             if !to_server.is_empty() {
-                match write_now(&swr, &to_server) {
+                match write_now(swr.try_write(&to_server)) {
                     Some(Ok(n)) => drained(&mut to_server, n),
                     Some(Err(())) => break 'forward Ended::ServerGone,
                     None => {}
                 }
             }
             if !to_client.is_empty() {
-                match write_now(&cwr, &to_client) {
+                match write_now(cwr.try_write(&to_client)) {
                     Some(Ok(n)) => {
                         flow.tally.sent(n);
                         drained(&mut to_client, n);
@@ -238,11 +238,11 @@ pub async fn forward(
     (end, to_client)
 }
 
-/// Write without waiting: Some(Ok(n)) for n > 0 bytes written, None when the socket has no
-/// room (the select's write branch waits for it), Some(Err) when the peer is gone.
+/// What a write without waiting (`try_write`) did: Some(Ok(n)) for n > 0 bytes written, None
+/// when the socket has no room (the caller waits for it), Some(Err) when the peer is gone.
 #[inline]
-fn write_now(half: &tokio::net::tcp::WriteHalf<'_>, buf: &[u8]) -> Option<Result<usize, ()>> {
-    match half.try_write(buf) {
+pub(super) fn write_now(tried: std::io::Result<usize>) -> Option<Result<usize, ()>> {
+    match tried {
         Ok(n) if n > 0 => Some(Ok(n)),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         _ => Some(Err(())),

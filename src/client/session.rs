@@ -650,13 +650,10 @@ async fn cleanup(mut server: Backend, tx: TxState, reset: bool) -> Option<Backen
 async fn write_owed(client: &mut TcpStream, owed: &[u8]) -> bool {
     let mut rest = owed;
     while !rest.is_empty() {
-        match client.try_write(rest) {
-            Ok(0) => return false,
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return client.write_all(rest).await.is_ok()
-            }
-            Err(_) => return false,
+        match pump::write_now(client.try_write(rest)) {
+            Some(Ok(n)) => rest = &rest[n..],
+            Some(Err(())) => return false,
+            None => return client.write_all(rest).await.is_ok(),
         }
     }
     true
