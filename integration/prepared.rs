@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::cluster::{cluster, psql_super, PASSWORD, U_PLAIN2, U_SCRAM};
-use crate::harness::{connect_with, message, proxy, sqlstate, RawClient, TestProxy};
+use crate::harness::{connect_with, message, proxy, psql_with_env, sqlstate, RawClient, TestProxy};
 
 async fn pid(c: &tokio_postgres::Client) -> i32 {
     c.simple_query("select pg_backend_pid()")
@@ -402,24 +402,13 @@ async fn session_state_allowed_passes_through_unpinned() {
 /// psql as a LATIN1 client (`client_encoding = LATIN1`): `script` goes in on stdin as raw
 /// bytes, which are not UTF-8 where they spell a letter past ASCII.
 async fn latin1_psql(p: &TestProxy, script: &[u8]) -> std::process::Output {
-    use tokio::io::AsyncWriteExt;
-    let mut child = Command::new("psql")
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &p.url(U_PLAIN2)])
-        .env("PGCLIENTENCODING", "LATIN1")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("running psql");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(script).await.unwrap();
-    drop(stdin);
-    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("psql finished")
-        .unwrap()
+    psql_with_env(
+        &p.url(U_PLAIN2),
+        &[],
+        Some(script),
+        &[("PGCLIENTENCODING", "LATIN1")],
+    )
+    .await
 }
 
 /// `SET search_path TO "café", public` with the é as LATIN1's one byte 0xE9: not UTF-8.

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use crate::cluster::{psql_super, U_PLAIN2, U_TRUST};
-use crate::harness::{proxy, sqlstate, RawClient, TestProxy};
+use crate::harness::{proxy, psql_with_env, sqlstate, RawClient, TestProxy};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -114,32 +114,7 @@ async fn connect_with_messages(
 
 /// Run psql against `url` (extra args after the connection), optionally feeding stdin.
 async fn psql(url: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = tokio::process::Command::new("psql");
-    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url])
-        .args(args)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("running psql");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        tokio::spawn(async move {
-            let _ = pipe.write_all(&data).await;
-            let _ = pipe.shutdown().await;
-        });
-    }
-    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("psql {args:?} did not finish within 30s"))
-        .expect("psql output")
+    psql_with_env(url, args, stdin, &[]).await
 }
 
 fn ok(out: &std::process::Output, what: &str) -> String {
