@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod boxed;
 pub mod cancel;
 pub mod client;
 pub mod clock;

@@ -89,7 +89,7 @@ impl Session {
         // block rather than an async fn: an async fn's state keeps a second copy of `self`.)
         async move {
             while self.next_message().await {
-                if !Box::pin(self.transaction()).await {
+                if !crate::boxed::boxed(|| self.transaction()).await {
                     return;
                 }
             }

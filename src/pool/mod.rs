@@ -210,7 +210,7 @@ impl PoolSet {
             Ok(server) => return Ok(Seat::Server(server)),
             Err(take) => take,
         };
-        Box::pin(self.checkout_slow(pool, take, deadline)).await
+        crate::boxed::boxed(|| self.checkout_slow(pool, take, deadline)).await
     }
 
     /// An idle backend that is still healthy, or what else `take` decided.
