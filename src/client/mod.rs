@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use crate::admin::clients::{Killable, NewClient, Registration};
 use crate::admin::tally::Tally;
 use crate::admission::Admitted;
+use crate::boxed::boxed;
 use crate::cancel::{send_cancel, CancelSlot};
 use crate::config::{Config, PoolMode};
 use crate::params::{self, Params};
@@ -58,7 +59,7 @@ pub fn serve(
         let registered = shared.cancels.register();
         let cancel = registered.slot.clone();
         // Boxed: the login's state is freed once it is done instead of sizing the whole task.
-        let Some(opened) = Box::pin(login(&mut stream, &shared, peer.ip(), &cancel)).await else {
+        let Some(opened) = boxed(|| login(&mut stream, &shared, peer.ip(), &cancel)).await else {
             return;
         };
         // The registration (if any) outlives the session, which the box owns.

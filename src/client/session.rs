@@ -17,6 +17,7 @@ use super::pump::{self, ClientSide, Ended, Timeouts, READ_SIZE};
 use super::rewrite::{ClientState, Rules};
 use super::transaction::TxState;
 use crate::admin::tally::Tally;
+use crate::boxed::boxed;
 use crate::cancel::{send_cancel, CancelSlot, CancelTarget};
 use crate::config::live::Held;
 use crate::config::{Config, PoolMode};
@@ -89,7 +90,7 @@ impl Session {
         // block rather than an async fn: an async fn's state keeps a second copy of `self`.)
         async move {
             while self.next_message().await {
-                if !crate::boxed::boxed(|| self.transaction()).await {
+                if !boxed(|| self.transaction()).await {
                     return;
                 }
             }
@@ -112,11 +113,11 @@ impl Session {
         // write. (848 bytes instead of 1,056; see benches/README.)
         let mut server = match self.bind(began).await {
             Ok(Seat::Server(server)) => server,
-            seat => return Box::pin(self.seat_elsewhere(seat, began)).await,
+            seat => return boxed(|| self.seat_elsewhere(seat, began)).await,
         };
         if !server.riders.is_empty() {
             let riders = std::mem::take(&mut server.riders);
-            return Box::pin(self.drive(server, riders, began)).await;
+            return boxed(|| self.drive(server, riders, began)).await;
         }
         let mut tx = TxState::default();
         tracing::trace!(client = self.cancel.pid, server = server.id, "bound");

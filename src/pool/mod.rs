@@ -17,6 +17,7 @@ pub use control::{ConnectOutcome, ServerView};
 pub use ride::{Offer, Reply, Ride, RideRequest, Rider};
 pub use slot::Slot;
 
+use crate::boxed::boxed;
 use crate::clock::Instant;
 use std::future::Future;
 use std::pin::Pin;
@@ -210,7 +211,7 @@ impl PoolSet {
             Ok(server) => return Ok(Seat::Server(server)),
             Err(take) => take,
         };
-        crate::boxed::boxed(|| self.checkout_slow(pool, take, deadline)).await
+        boxed(|| self.checkout_slow(pool, take, deadline)).await
     }
 
     /// An idle backend that is still healthy, or what else `take` decided.
